@@ -1,0 +1,265 @@
+//! The YAML policy exactly as written: serde structs, no meaning attached yet.
+//! `deny_unknown_fields` everywhere so a typo is an error, not a silently ignored key.
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub listen: Listen,
+    #[serde(default)]
+    pub server: ServerOpts,
+    #[serde(default)]
+    pub identity: Identity,
+    #[serde(default)]
+    pub providers: IndexMap<String, RawProvider>,
+    #[serde(default)]
+    pub models: BTreeMap<String, RawModel>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    /// Hosts forwarded unchanged (not metered), e.g. `pypi.org` or `internal.svc:8080`.
+    #[serde(default)]
+    pub passthrough: Vec<String>,
+    #[serde(default)]
+    pub teams: BTreeMap<String, RawTeam>,
+    #[serde(default)]
+    pub telemetry: Option<RawTelemetry>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    #[serde(default = "default_proxy_addr")]
+    pub proxy: String,
+    #[serde(default = "default_admin_addr")]
+    pub admin: String,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            proxy: default_proxy_addr(),
+            admin: default_admin_addr(),
+        }
+    }
+}
+
+fn default_proxy_addr() -> String {
+    "127.0.0.1:4000".into()
+}
+fn default_admin_addr() -> String {
+    "127.0.0.1:9901".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerOpts {
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+    /// How long SIGTERM waits for in-flight requests (streams included).
+    #[serde(default = "default_grace")]
+    pub grace_period: String,
+    /// Worker threads of the proxy service.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+}
+
+impl Default for ServerOpts {
+    fn default() -> Self {
+        ServerOpts {
+            max_body_bytes: default_max_body(),
+            grace_period: default_grace(),
+            threads: default_threads(),
+        }
+    }
+}
+
+fn default_max_body() -> u64 {
+    32 * 1024 * 1024
+}
+fn default_grace() -> String {
+    "25s".into()
+}
+fn default_threads() -> usize {
+    2
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    #[serde(default = "default_team")]
+    pub team: String,
+    #[serde(default = "default_service")]
+    pub service: String,
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Identity {
+            team: default_team(),
+            service: default_service(),
+        }
+    }
+}
+
+fn default_team() -> String {
+    "default".into()
+}
+fn default_service() -> String {
+    "unknown".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub format: String,
+    pub base_url: String,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Extra hosts this provider answers for in forward-proxy mode (`api.openai.com`).
+    #[serde(default)]
+    pub intercept: Vec<String>,
+    /// Extra headers sent upstream on every request (e.g. `OpenAI-Organization`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub provider: String,
+    /// The provider's own model id; defaults to the catalog name.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub price: Option<RawPrice>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    pub input: f64,
+    pub output: f64,
+    #[serde(default)]
+    pub cached_input: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub matcher: RawMatch,
+    pub strategy: String,
+    #[serde(default)]
+    pub targets: Vec<RawTarget>,
+    #[serde(default)]
+    pub tiers: Vec<String>,
+    /// For `passthrough`: the provider to use when the request's host names none.
+    #[serde(default)]
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    #[serde(default)]
+    pub retry: Option<RawRetry>,
+    #[serde(default)]
+    pub timeouts: Option<RawTimeouts>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A target is either a bare model name or `{ model, weight }`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawTarget {
+    Name(String),
+    Weighted(RawWeighted),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeighted {
+    pub model: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    #[serde(default)]
+    pub on: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    #[serde(default)]
+    pub connect: Option<String>,
+    #[serde(default)]
+    pub first_byte: Option<String>,
+    /// Longest silence between two body chunks once the response started.
+    #[serde(default)]
+    pub idle: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTeam {
+    #[serde(default)]
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub budget: Option<RawBudget>,
+    #[serde(default)]
+    pub limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub usd: f64,
+    pub per: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    #[serde(default)]
+    pub tpm: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    #[serde(default)]
+    pub collector: Option<String>,
+    #[serde(default)]
+    pub spool_dir: Option<String>,
+}

@@ -1,0 +1,168 @@
+use super::*;
+use std::collections::HashMap;
+
+struct MapEnv(HashMap<&'static str, &'static str>);
+impl Env for MapEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).map(|s| s.to_string())
+    }
+}
+
+fn env() -> MapEnv {
+    MapEnv(HashMap::from([("OPENAI_API_KEY", "sk-real")]))
+}
+
+const GOOD: &str = r#"
+providers:
+  openai: { format: openai, base_url: "https://api.openai.com/v1", api_key: "${OPENAI_API_KEY}" }
+  local:  { format: openai, base_url: "http://127.0.0.1:9000/v1", intercept: [api.local.test] }
+models:
+  gpt-4o-mini: { provider: openai }
+  llama: { provider: local, name: meta-llama/Llama-3.1-8B-Instruct }
+routes:
+  - name: chat
+    match: { model: "gpt-4o*" }
+    strategy: weighted
+    targets: [ { model: gpt-4o-mini, weight: 9 }, { model: llama, weight: 1 } ]
+    fallbacks: [llama]
+    retry: { attempts: 3, on: [connect, "5xx"] }
+    timeouts: { connect: 2s, first_byte: 30s }
+  - name: raw
+    match: { host: api.openai.com }
+    strategy: passthrough
+passthrough: [pypi.org, "internal.svc:8080"]
+"#;
+
+fn err(yaml: &str) -> ConfigError {
+    match from_str(yaml, &env(), 1) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn compiles_the_good_policy() {
+    let p = from_str(GOOD, &env(), 7).unwrap();
+    assert_eq!(p.generation, 7);
+    assert_eq!(p.providers.len(), 2);
+    let openai = &p.providers[p
+        .providers
+        .iter()
+        .position(|x| &*x.name == "openai")
+        .unwrap()];
+    assert!(openai.tls);
+    assert_eq!(openai.port, 443);
+    assert_eq!(openai.base_path, "/v1");
+    assert_eq!(openai.auth.as_ref().unwrap().1, "Bearer sk-real");
+    let local = p.providers.iter().find(|x| &*x.name == "local").unwrap();
+    assert_eq!(local.literal_addr, Some("127.0.0.1:9000".parse().unwrap()));
+    assert_eq!(local.authority, "127.0.0.1:9000");
+    assert!(matches!(
+        p.host_rule("api.openai.com"),
+        Some(HostRule::Provider(_))
+    ));
+    assert!(matches!(
+        p.host_rule("API.local.test:80"),
+        Some(HostRule::Provider(_))
+    ));
+    assert!(matches!(
+        p.host_rule("127.0.0.1:9000"),
+        Some(HostRule::Provider(_))
+    ));
+    assert!(matches!(
+        p.host_rule("internal.svc:8080"),
+        Some(HostRule::Passthrough { port: 8080, .. })
+    ));
+    assert!(p.host_rule("evil.example").is_none());
+    assert_eq!(
+        &*p.model("llama").unwrap().upstream,
+        "meta-llama/Llama-3.1-8B-Instruct"
+    );
+    let r = &p.routes[0];
+    assert_eq!(r.retry.attempts, 3);
+    assert!(r.retry.on_connect && r.retry.on_5xx && !r.retry.on_429 && !r.retry.on_timeout);
+    assert_eq!(r.timeouts.connect, Duration::from_secs(2));
+    let text = p.describe();
+    assert!(text.contains("chat"), "{text}");
+    // secrets never reach /config
+    let shown = p.redacted.to_string();
+    assert!(
+        !shown.contains("sk-real") && !shown.contains("OPENAI_API_KEY"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors_naming_the_field() {
+    let e = err("providers:\n  a: { format: openai, base_url: \"http://x\", api_kye: k }\n");
+    assert!(e.to_string().contains("providers.a"), "{e}");
+    assert!(e.to_string().contains("api_kye"), "{e}");
+    let e = err("listen: { proxy: 127.0.0.1:1, admn: x }\n");
+    assert!(e.to_string().contains("admn"), "{e}");
+}
+
+#[test]
+fn precise_errors() {
+    let e = err(&GOOD.replace(
+        "targets: [ { model: gpt-4o-mini",
+        "targets: [ { model: nope",
+    ));
+    assert_eq!(e.field, "routes[0].targets[0].model");
+    let e = err(&GOOD.replace("strategy: weighted", "strategy: cheapest"));
+    assert_eq!(e.field, "routes[0].strategy");
+    assert!(e.message.contains("not supported yet"));
+    let e = err(&GOOD.replace("strategy: weighted", "strategy: bogus"));
+    assert!(e.message.contains("unknown strategy"));
+    let e = err(&GOOD.replace("first_byte: 30s", "first_byte: soon"));
+    assert_eq!(e.field, "routes[0].timeouts.first_byte");
+    let e = err(&GOOD.replace("\"5xx\"", "\"4xx\""));
+    assert_eq!(e.field, "routes[0].retry.on[1]");
+    let e = err(&GOOD.replace("${OPENAI_API_KEY}", "${MISSING_KEY}"));
+    assert_eq!(e.field, "providers.openai.api_key");
+    assert!(e.message.contains("MISSING_KEY"));
+    let e = err(&GOOD.replace("https://api.openai.com/v1", "ftp://x"));
+    assert_eq!(e.field, "providers.openai.base_url");
+    let e = err(&GOOD.replace("{ provider: openai }", "{ provider: nobody }"));
+    assert_eq!(e.field, "models.gpt-4o-mini.provider");
+    let e = err(&GOOD.replace(
+        "format: openai, base_url: \"http://127",
+        "format: gemini, base_url: \"http://127",
+    ));
+    assert_eq!(e.field, "providers.local.format");
+    let e = err(&GOOD.replace("pypi.org", "api.local.test"));
+    assert_eq!(e.field, "passthrough[0]");
+    let e = err(&GOOD.replace("name: raw", "name: chat"));
+    assert_eq!(e.field, "routes[1].name");
+    let e = err("routes: [ { name: a, strategy: priority } ]");
+    assert_eq!(e.field, "routes[0].targets");
+    let e = err("listen: { proxy: \"localhost\" }");
+    assert_eq!(e.field, "listen.proxy");
+}
+
+#[test]
+fn teams_and_telemetry_are_validated() {
+    let base = "models: {}\n";
+    let e = err(&format!("{base}teams:\n  t: {{ keys: [\"abc\"] }}\n"));
+    assert_eq!(e.field, "teams.t.keys[0]");
+    let e = err(&format!(
+        "{base}teams:\n  t: {{ budget: {{ usd: 5, per: year }} }}\n"
+    ));
+    assert_eq!(e.field, "teams.t.budget.per");
+    let e = err(&format!("{base}teams:\n  t: {{ models: [x] }}\n"));
+    assert_eq!(e.field, "teams.t.models[0]");
+    let e = err(&format!("{base}telemetry: {{ collector: \"nope\" }}\n"));
+    assert_eq!(e.field, "telemetry.collector");
+    let ok = format!(
+        "{base}teams:\n  t: {{ keys: [\"sha256:{}\"], budget: {{ usd: 5, per: day }}, limits: {{ rpm: 5 }} }}\ntelemetry: {{ collector: \"http://c:7070\" }}\n",
+        "a".repeat(64)
+    );
+    from_str(&ok, &env(), 1).unwrap();
+}
+
+#[test]
+fn empty_file_is_a_valid_empty_policy() {
+    let p = from_str("{}", &env(), 1).unwrap();
+    assert!(p.routes.is_empty());
+    assert_eq!(p.listen.proxy, "127.0.0.1:4000");
+    assert_eq!(p.max_body_bytes, 32 * 1024 * 1024);
+}

@@ -1,0 +1,252 @@
+//! `switchyard mock-upstream`: a fake OpenAI-compatible provider for demos, tests and
+//! benches. It speaks the real wire format (JSON, SSE with the usage chunk, OpenAI error
+//! bodies with `Retry-After`) and has knobs for latency, chunking, forced errors and
+//! connections dropped mid-stream. Knobs come from the command line, from
+//! `POST /mock/config` at run time, or per request from `x-mock-*` headers.
+
+mod openai;
+
+use axum::extract::State as AxState;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Behaviour of the mock; every field can be overridden per request by `x-mock-<field>`
+/// (dashes for underscores).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, clap::Args)]
+#[serde(default)]
+pub struct Knobs {
+    /// Delay before the response header, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Content chunks in a streamed completion.
+    #[arg(long, default_value_t = 8)]
+    pub chunks: u32,
+    /// Delay between streamed chunks, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub chunk_delay_ms: u64,
+    /// Answer every request with this status and an OpenAI error body (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub status: u16,
+    /// `Retry-After` seconds sent with a forced status.
+    #[arg(long)]
+    pub retry_after: Option<u64>,
+    /// Drop the connection after this many streamed chunks.
+    #[arg(long)]
+    pub drop_after: Option<u32>,
+}
+
+struct Mock {
+    knobs: RwLock<Knobs>,
+    log: Mutex<VecDeque<serde_json::Value>>,
+    record: bool,
+}
+
+const LOG_CAP: usize = 1000;
+
+/// Runs the mock on `addr` until the process is stopped.
+pub async fn serve(addr: SocketAddr, knobs: Knobs, record: bool) -> std::io::Result<()> {
+    let state = Arc::new(Mock {
+        knobs: RwLock::new(knobs),
+        log: Mutex::new(VecDeque::with_capacity(64)),
+        record,
+    });
+    let app = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/chat/completions", post(chat))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/models", get(models))
+        .route("/mock/requests", get(requests).delete(clear_requests))
+        .route("/mock/config", get(get_config).post(set_config))
+        .fallback(not_found)
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!("mock upstream listening on {}", listener.local_addr()?);
+    axum::serve(listener, app).await
+}
+
+type St = AxState<Arc<Mock>>;
+
+impl Mock {
+    /// Knobs for one request: the current ones, overridden by `x-mock-*` headers.
+    fn knobs_for(&self, headers: &HeaderMap) -> Knobs {
+        let mut k = self.knobs.read().map(|k| k.clone()).unwrap_or_default();
+        let num =
+            |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+        if let Some(v) = num("x-mock-latency-ms") {
+            k.latency_ms = v;
+        }
+        if let Some(v) = num("x-mock-chunks") {
+            k.chunks = v.min(100_000) as u32;
+        }
+        if let Some(v) = num("x-mock-chunk-delay-ms") {
+            k.chunk_delay_ms = v;
+        }
+        if let Some(v) = num("x-mock-status") {
+            k.status = v as u16;
+        }
+        if let Some(v) = num("x-mock-retry-after") {
+            k.retry_after = Some(v);
+        }
+        if let Some(v) = num("x-mock-drop-after") {
+            k.drop_after = Some(v as u32);
+        }
+        k
+    }
+
+    fn record(&self, path: &str, headers: &HeaderMap, body: Option<&serde_json::Value>) {
+        if !self.record {
+            return;
+        }
+        let hdrs: serde_json::Map<String, serde_json::Value> = headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+                )
+            })
+            .collect();
+        let entry = serde_json::json!({
+            "path": path,
+            "headers": hdrs,
+            "model": body.and_then(|b| b.get("model")).cloned(),
+            "stream": body.and_then(|b| b.get("stream")).cloned(),
+            "body_bytes": body.map(|b| b.to_string().len()),
+        });
+        if let Ok(mut log) = self.log.lock() {
+            if log.len() == LOG_CAP {
+                log.pop_front();
+            }
+            log.push_back(entry);
+        }
+    }
+}
+
+async fn delay(ms: u64) {
+    if ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+}
+
+/// OpenAI's error body, with `Retry-After` when asked.
+fn forced_error(k: &Knobs) -> Response {
+    let status = StatusCode::from_u16(k.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let (kind, code) = match k.status {
+        429 => ("requests", "rate_limit_exceeded"),
+        401 => ("invalid_request_error", "invalid_api_key"),
+        400..=499 => ("invalid_request_error", "invalid_request"),
+        _ => ("server_error", "server_error"),
+    };
+    let body = serde_json::json!({"error": {
+        "message": format!("mock upstream forced status {}", k.status),
+        "type": kind, "param": null, "code": code,
+    }});
+    let mut resp = (status, Json(body)).into_response();
+    if let Some(s) = k.retry_after {
+        if let Ok(v) = s.to_string().parse() {
+            resp.headers_mut().insert("retry-after", v);
+        }
+    }
+    resp
+}
+
+fn bad_request(msg: &str) -> Response {
+    let body = serde_json::json!({"error": {
+        "message": msg, "type": "invalid_request_error", "param": null, "code": null,
+    }});
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
+async fn chat(AxState(m): St, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let json: Result<serde_json::Value, _> = serde_json::from_slice(&body);
+    m.record("/v1/chat/completions", &headers, json.as_ref().ok());
+    let k = m.knobs_for(&headers);
+    delay(k.latency_ms).await;
+    if k.status != 0 {
+        return forced_error(&k);
+    }
+    let req = match json {
+        Ok(v) => v,
+        Err(e) => {
+            return bad_request(&format!(
+                "We could not parse the JSON body of your request. ({e})"
+            ))
+        }
+    };
+    if req.get("model").and_then(|v| v.as_str()).is_none() {
+        return bad_request("you must provide a model parameter");
+    }
+    if req.get("stream").and_then(|v| v.as_bool()) == Some(true) {
+        openai::stream(&req, &k)
+    } else {
+        Json(openai::completion(&req, &k)).into_response()
+    }
+}
+
+async fn embeddings(AxState(m): St, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let json: Result<serde_json::Value, _> = serde_json::from_slice(&body);
+    m.record("/v1/embeddings", &headers, json.as_ref().ok());
+    let k = m.knobs_for(&headers);
+    delay(k.latency_ms).await;
+    if k.status != 0 {
+        return forced_error(&k);
+    }
+    match json {
+        Ok(req) => Json(openai::embeddings(&req)).into_response(),
+        Err(e) => bad_request(&format!(
+            "We could not parse the JSON body of your request. ({e})"
+        )),
+    }
+}
+
+async fn models(AxState(m): St, headers: HeaderMap) -> Response {
+    m.record("/v1/models", &headers, None);
+    let k = m.knobs_for(&headers);
+    if k.status != 0 {
+        return forced_error(&k);
+    }
+    Json(openai::models()).into_response()
+}
+
+async fn requests(AxState(m): St) -> Response {
+    let log: Vec<serde_json::Value> = m
+        .log
+        .lock()
+        .map(|l| l.iter().cloned().collect())
+        .unwrap_or_default();
+    Json(log).into_response()
+}
+
+async fn clear_requests(AxState(m): St) -> StatusCode {
+    if let Ok(mut l) = m.log.lock() {
+        l.clear();
+    }
+    StatusCode::NO_CONTENT
+}
+
+async fn get_config(AxState(m): St) -> Response {
+    let k = m.knobs.read().map(|k| k.clone()).unwrap_or_default();
+    Json(k).into_response()
+}
+
+async fn set_config(AxState(m): St, Json(k): Json<Knobs>) -> Response {
+    if let Ok(mut cur) = m.knobs.write() {
+        *cur = k.clone();
+    }
+    Json(k).into_response()
+}
+
+async fn not_found() -> Response {
+    let body = serde_json::json!({"error": {
+        "message": "Invalid URL", "type": "invalid_request_error", "param": null, "code": null,
+    }});
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
+}

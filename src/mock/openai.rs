@@ -1,0 +1,295 @@
+//! OpenAI chat completion, stream, embeddings and model-list bodies, shaped like the
+//! documented API responses.
+
+use super::Knobs;
+use axum::body::Body;
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const WORDS: &[&str] = &[
+    "Hello",
+    " from",
+    " the",
+    " Switchyard",
+    " mock",
+    " upstream",
+    ".",
+    " It",
+    " speaks",
+    " the",
+    " OpenAI",
+    " wire",
+    " format",
+    " for",
+    " tests",
+    " and",
+    " benchmarks",
+    ".",
+];
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn id() -> String {
+    format!("chatcmpl-mock{:016x}", fastrand::u64(..))
+}
+
+/// A rough, deterministic token count: about four characters a token, as OpenAI's docs say.
+fn count_tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4).max(1)
+}
+
+pub fn prompt_tokens(req: &Value) -> u64 {
+    let Some(msgs) = req.get("messages").and_then(|m| m.as_array()) else {
+        return 0;
+    };
+    msgs.iter()
+        .map(|m| {
+            let content = match m.get("content") {
+                Some(Value::String(s)) => count_tokens(s),
+                Some(Value::Array(parts)) => parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
+                    .map(count_tokens)
+                    .sum(),
+                _ => 0,
+            };
+            content + 4
+        })
+        .sum::<u64>()
+        + 3
+}
+
+fn model_of(req: &Value) -> String {
+    req.get("model")
+        .and_then(|m| m.as_str())
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+fn words(n: u32) -> impl Iterator<Item = &'static str> {
+    WORDS.iter().copied().cycle().take(n as usize)
+}
+
+fn usage(prompt: u64, completion: u64) -> Value {
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": { "cached_tokens": 0, "audio_tokens": 0 },
+        "completion_tokens_details": {
+            "reasoning_tokens": 0, "audio_tokens": 0,
+            "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0
+        }
+    })
+}
+
+pub fn completion(req: &Value, k: &Knobs) -> Value {
+    let n = k.chunks.max(1);
+    let text: String = words(n).collect();
+    json!({
+        "id": id(),
+        "object": "chat.completion",
+        "created": now(),
+        "model": model_of(req),
+        "system_fingerprint": "fp_mock",
+        "choices": [{
+            "index": 0,
+            "message": { "role": "assistant", "content": text, "refusal": null },
+            "logprobs": null,
+            "finish_reason": "stop"
+        }],
+        "usage": usage(prompt_tokens(req), n as u64),
+        "service_tier": "default"
+    })
+}
+
+fn chunk(
+    id: &str,
+    created: u64,
+    model: &str,
+    delta: Value,
+    finish: Value,
+    with_usage: bool,
+) -> Value {
+    let mut c = json!({
+        "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+        "system_fingerprint": "fp_mock",
+        "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }]
+    });
+    if with_usage {
+        c["usage"] = Value::Null;
+    }
+    c
+}
+
+fn sse(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+/// The SSE events of a streamed completion: role, content deltas, finish, optional usage
+/// chunk (`stream_options.include_usage`), `[DONE]`.
+pub fn stream_events(req: &Value, k: &Knobs) -> Vec<Bytes> {
+    let include_usage = req
+        .pointer("/stream_options/include_usage")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let id = id();
+    let created = now();
+    let model = model_of(req);
+    let n = k.chunks.max(1);
+    let mut events = Vec::with_capacity(n as usize + 4);
+    events.push(sse(&chunk(
+        &id,
+        created,
+        &model,
+        json!({"role": "assistant", "content": "", "refusal": null}),
+        Value::Null,
+        include_usage,
+    )));
+    for w in words(n) {
+        events.push(sse(&chunk(
+            &id,
+            created,
+            &model,
+            json!({"content": w}),
+            Value::Null,
+            include_usage,
+        )));
+    }
+    events.push(sse(&chunk(
+        &id,
+        created,
+        &model,
+        json!({}),
+        json!("stop"),
+        include_usage,
+    )));
+    if include_usage {
+        events.push(sse(&json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": "fp_mock", "choices": [],
+            "usage": usage(prompt_tokens(req), n as u64)
+        })));
+    }
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    events
+}
+
+pub fn stream(req: &Value, k: &Knobs) -> Response {
+    let events = stream_events(req, k);
+    let delay = Duration::from_millis(k.chunk_delay_ms);
+    // Chunks after the role chunk count towards `drop_after`.
+    let drop_at = k.drop_after.map(|d| d as usize + 1);
+    let body = futures_util::stream::unfold(
+        (events.into_iter(), 0usize),
+        move |(mut it, i)| async move {
+            if drop_at == Some(i) {
+                // An error from the body stream makes hyper abort the connection mid-response.
+                return Some((
+                    Err(std::io::Error::other("mock: dropping the connection")),
+                    (it, usize::MAX),
+                ));
+            }
+            if i == usize::MAX {
+                return None;
+            }
+            let ev = it.next()?;
+            if i > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Some((Ok::<Bytes, std::io::Error>(ev), (it, i + 1)))
+        },
+    );
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
+pub fn embeddings(req: &Value) -> Value {
+    let inputs: Vec<String> = match req.get("input") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let tokens: u64 = inputs.iter().map(|s| count_tokens(s)).sum();
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let seed = s
+                .bytes()
+                .fold(7u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32));
+            let v: Vec<f32> = (0..8)
+                .map(|j| ((seed.wrapping_add(j * 97) % 2000) as f32 / 1000.0) - 1.0)
+                .collect();
+            json!({"object": "embedding", "index": i, "embedding": v})
+        })
+        .collect();
+    json!({
+        "object": "list",
+        "data": data,
+        "model": model_of(req),
+        "usage": { "prompt_tokens": tokens, "total_tokens": tokens }
+    })
+}
+
+pub fn models() -> Value {
+    let ids = [
+        "gpt-4o",
+        "gpt-4o-mini",
+        "text-embedding-3-small",
+        "mock-model",
+    ];
+    json!({
+        "object": "list",
+        "data": ids.iter().map(|id| json!({"id": id, "object": "model", "created": 1715367049, "owned_by": "switchyard-mock"})).collect::<Vec<_>>()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_with_usage_chunk() {
+        let req = json!({"model": "m", "messages": [{"role": "user", "content": "hello there"}], "stream": true, "stream_options": {"include_usage": true}});
+        let k = Knobs {
+            chunks: 3,
+            ..Default::default()
+        };
+        let ev = stream_events(&req, &k);
+        // role + 3 content + finish + usage + DONE
+        assert_eq!(ev.len(), 7);
+        let usage: Value = serde_json::from_slice(&ev[5][6..ev[5].len() - 2]).unwrap();
+        assert_eq!(usage["choices"], json!([]));
+        assert_eq!(usage["usage"]["completion_tokens"], 3);
+        assert_eq!(usage["usage"]["prompt_tokens"], prompt_tokens(&req));
+        assert_eq!(&ev[6][..], b"data: [DONE]\n\n");
+    }
+
+    #[test]
+    fn completion_counts() {
+        let req = json!({"model": "m", "messages": [{"role": "user", "content": "abcdefgh"}]});
+        let k = Knobs {
+            chunks: 5,
+            ..Default::default()
+        };
+        let c = completion(&req, &k);
+        assert_eq!(c["usage"]["completion_tokens"], 5);
+        assert_eq!(c["usage"]["prompt_tokens"], 2 + 4 + 3);
+        assert_eq!(c["model"], "m");
+    }
+}

@@ -1,0 +1,304 @@
+//! The running policy: the YAML compiled into typed, validated lookup tables.
+//! One `Policy` is immutable; a reload builds a new one and swaps the `ArcSwap`.
+
+use ahash::AHashMap;
+use http::header::{HeaderName, HeaderValue};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use wildmatch::WildMatch;
+
+pub struct Policy {
+    /// Increases by one on every successful load; exported as a metric.
+    pub generation: u64,
+    pub listen: ListenAddrs,
+    pub max_body_bytes: u64,
+    pub grace_period: Duration,
+    pub threads: usize,
+    pub team: String,
+    pub service: String,
+    pub providers: Vec<Provider>,
+    pub models: Vec<Model>,
+    pub model_index: AHashMap<String, usize>,
+    pub routes: Vec<Route>,
+    /// Forward-proxy host (lowercase, `host` or `host:port`) → what to do with it.
+    pub hosts: AHashMap<String, HostRule>,
+    /// The policy as loaded, secrets redacted, for `/config`.
+    pub redacted: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenAddrs {
+    pub proxy: String,
+    pub admin: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    OpenAi,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::OpenAi => "openai",
+        }
+    }
+}
+
+pub struct Provider {
+    pub name: Arc<str>,
+    pub format: Format,
+    pub tls: bool,
+    /// Lowercase host name or IP literal, as used for DNS and SNI.
+    pub host: String,
+    pub port: u16,
+    /// Value of the `Host` header sent upstream.
+    pub authority: HeaderValue,
+    /// Path prefix of `base_url` without a trailing slash (`/v1`, `/openai/v1`, or empty).
+    pub base_path: String,
+    /// Set when the host is an IP literal: no DNS needed.
+    pub literal_addr: Option<SocketAddr>,
+    /// Credential header injected upstream, replacing whatever the client sent.
+    pub auth: Option<(HeaderName, HeaderValue)>,
+    pub extra_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+pub struct Model {
+    /// Catalog name, what clients ask for.
+    pub alias: String,
+    pub provider: usize,
+    /// The provider's model id written into the upstream body.
+    pub upstream: Arc<str>,
+}
+
+#[derive(Debug, Clone)]
+pub enum HostRule {
+    Provider(usize),
+    Passthrough { host: String, port: u16 },
+}
+
+pub struct Route {
+    pub name: Arc<str>,
+    pub matcher: Matcher,
+    pub strategy: Strategy,
+    /// Catalog model indices tried after the strategy's own choice, in order.
+    pub fallbacks: Vec<usize>,
+    pub retry: Retry,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Default)]
+pub struct Matcher {
+    pub model: Option<Pattern>,
+    pub host: Option<Pattern>,
+    pub path: Option<Pattern>,
+    pub headers: Vec<(HeaderName, Pattern)>,
+}
+
+pub enum Pattern {
+    Exact(String),
+    Glob(WildMatch),
+}
+
+impl Pattern {
+    pub fn new(s: &str) -> Pattern {
+        if s.contains('*') || s.contains('?') {
+            Pattern::Glob(WildMatch::new(s))
+        } else {
+            Pattern::Exact(s.to_string())
+        }
+    }
+
+    pub fn matches(&self, s: &str) -> bool {
+        match self {
+            Pattern::Exact(e) => e == s,
+            Pattern::Glob(g) => g.matches(s),
+        }
+    }
+}
+
+pub enum Strategy {
+    /// One target drawn by weight; the others follow as fallbacks in listed order.
+    Weighted {
+        targets: Vec<(usize, u32)>,
+        total: u32,
+    },
+    /// Targets tried in listed order.
+    Priority { targets: Vec<usize> },
+    /// The client's model name is kept; the provider comes from the request's host,
+    /// else from the route's `provider`.
+    Passthrough { provider: Option<usize> },
+}
+
+impl Strategy {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::Weighted { .. } => "weighted",
+            Strategy::Priority { .. } => "priority",
+            Strategy::Passthrough { .. } => "passthrough",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// Total attempts, first included.
+    pub attempts: u32,
+    pub on_connect: bool,
+    pub on_timeout: bool,
+    pub on_429: bool,
+    pub on_5xx: bool,
+}
+
+impl Retry {
+    pub fn retries_status(&self, status: u16) -> bool {
+        (status == 429 && self.on_429) || (status >= 500 && self.on_5xx)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            first_byte: Duration::from_secs(120),
+            idle: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Policy {
+    pub fn model(&self, name: &str) -> Option<&Model> {
+        self.model_index.get(name).map(|&i| &self.models[i])
+    }
+
+    /// What a forward-proxy `Host` value maps to; `:80` is the default port and optional.
+    pub fn host_rule(&self, host: &str) -> Option<&HostRule> {
+        let lower;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = host.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            host
+        };
+        self.hosts
+            .get(host)
+            .or_else(|| host.strip_suffix(":80").and_then(|h| self.hosts.get(h)))
+    }
+
+    /// A human-readable dump of the compiled table, printed by `switchyard check`.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "listen: proxy {} admin {}",
+            self.listen.proxy, self.listen.admin
+        );
+        let _ = writeln!(s, "providers:");
+        for p in &self.providers {
+            let scheme = if p.tls { "https" } else { "http" };
+            let _ = writeln!(
+                s,
+                "  {:<16} {:<8} {scheme}://{}:{}{}  credentials: {}",
+                p.name,
+                p.format.as_str(),
+                p.host,
+                p.port,
+                p.base_path,
+                if p.auth.is_some() { "injected" } else { "none" }
+            );
+        }
+        let _ = writeln!(s, "models:");
+        for m in &self.models {
+            let _ = writeln!(
+                s,
+                "  {:<24} -> {}/{}",
+                m.alias, self.providers[m.provider].name, m.upstream
+            );
+        }
+        let _ = writeln!(s, "routes (first match wins):");
+        for (i, r) in self.routes.iter().enumerate() {
+            let mut conds = Vec::new();
+            if let Some(p) = &r.matcher.model {
+                conds.push(format!("model={}", pattern_str(p)));
+            }
+            if let Some(p) = &r.matcher.host {
+                conds.push(format!("host={}", pattern_str(p)));
+            }
+            if let Some(p) = &r.matcher.path {
+                conds.push(format!("path={}", pattern_str(p)));
+            }
+            for (h, p) in &r.matcher.headers {
+                conds.push(format!("{h}={}", pattern_str(p)));
+            }
+            let cond = if conds.is_empty() {
+                "*".to_string()
+            } else {
+                conds.join(" ")
+            };
+            let targets = match &r.strategy {
+                Strategy::Weighted { targets, .. } => targets
+                    .iter()
+                    .map(|(m, w)| format!("{}({w})", self.models[*m].alias))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                Strategy::Priority { targets } => targets
+                    .iter()
+                    .map(|m| self.models[*m].alias.clone())
+                    .collect::<Vec<_>>()
+                    .join(" > "),
+                Strategy::Passthrough { provider } => match provider {
+                    Some(p) => format!("request host, else {}", self.providers[*p].name),
+                    None => "request host".to_string(),
+                },
+            };
+            let fallbacks = r
+                .fallbacks
+                .iter()
+                .map(|m| self.models[*m].alias.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(
+                s,
+                "  {}. {:<16} [{}] {} -> {}{}  attempts={}",
+                i + 1,
+                r.name,
+                cond,
+                r.strategy.name(),
+                targets,
+                if fallbacks.is_empty() {
+                    String::new()
+                } else {
+                    format!("; fallbacks: {fallbacks}")
+                },
+                r.retry.attempts
+            );
+        }
+        let mut hosts: Vec<_> = self.hosts.iter().collect();
+        hosts.sort_by(|a, b| a.0.cmp(b.0));
+        let _ = writeln!(s, "hosts (forward-proxy mode):");
+        for (h, rule) in hosts {
+            let what = match rule {
+                HostRule::Provider(p) => format!("provider {}", self.providers[*p].name),
+                HostRule::Passthrough { host, port } => format!("passthrough to {host}:{port}"),
+            };
+            let _ = writeln!(s, "  {h:<32} {what}");
+        }
+        s
+    }
+}
+
+fn pattern_str(p: &Pattern) -> String {
+    match p {
+        Pattern::Exact(s) => s.clone(),
+        Pattern::Glob(g) => g.to_string(),
+    }
+}

@@ -1,0 +1,71 @@
+//! Step 2: reading the request body, bounded. The whole body is held because every
+//! attempt (and every fallback) needs its own rewritten copy of it.
+
+use crate::error::{ErrorCode, ProxyError};
+use crate::proxy::Failure;
+use bytes::{Bytes, BytesMut};
+use http::header;
+use pingora::proxy::Session;
+
+fn too_large(limit: u64) -> ProxyError {
+    ProxyError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("request body is larger than the {limit}-byte limit"),
+    )
+}
+
+pub async fn read(session: &mut Session, limit: u64) -> Result<Bytes, Failure> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(limit).into());
+    }
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        // Without this, clients that send large bodies (curl > 1 MiB) stall for a second.
+        session
+            .write_continue_response()
+            .await
+            .map_err(Failure::Abort)?;
+    }
+    // The common case is a single chunk: keep it without copying.
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    let mut total: u64 = 0;
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                total += chunk.len() as u64;
+                if total > limit {
+                    return Err(too_large(limit).into());
+                }
+                match first.take() {
+                    None if buf.is_empty() => first = Some(chunk),
+                    prev => {
+                        if let Some(prev) = prev {
+                            buf.reserve(declared.unwrap_or(total).min(limit) as usize);
+                            buf.extend_from_slice(&prev);
+                        }
+                        buf.extend_from_slice(&chunk);
+                    }
+                }
+            }
+            Ok(None) => return Ok(first.unwrap_or_else(|| buf.freeze())),
+            Err(e) => {
+                return Err(ProxyError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("failed to read the request body: {}", e.etype().as_str()),
+                )
+                .into())
+            }
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! Steps 4–6 of the walk for LLM calls: per attempt, rewrite the request for the provider,
+//! send it over Pingora's pooled connector, and either fall back (connect error, timeout,
+//! 429, 5xx — all before any byte reached the client) or stream the response back chunk by
+//! chunk. The proxy owns the exchange because Pingora's own retry can replay at most 64 KiB
+//! of body, and each attempt needs its own model and credentials.
+
+use super::{Ctx, Failure, Switchyard};
+use crate::error::{ErrorCode, ProxyError};
+use crate::policy::{Policy, Provider, Retry, Timeouts};
+use crate::rewrite::{self, BodyProbe};
+use crate::route::{Attempt, Plan};
+use crate::telemetry::AttemptOutcome;
+use crate::upstream;
+use bytes::Bytes;
+use http::header;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::protocols::http::client::HttpSession;
+use pingora::proxy::Session;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long an upstream connection may sit idle in the pool.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+pub struct LlmRequest {
+    pub path_and_query: String,
+    pub body: Bytes,
+    pub probe: Option<BodyProbe>,
+}
+
+/// Why one attempt produced no usable response.
+enum AttemptError {
+    Connect(String),
+    Timeout(String),
+    /// The connection broke while sending the request or reading the response header.
+    Transport {
+        msg: String,
+        reused: bool,
+    },
+}
+
+/// A plan for a model-less call to a provider's own host: that provider, as sent.
+pub fn direct_plan(provider: usize) -> Plan {
+    Plan {
+        route: Arc::from("direct"),
+        attempts: vec![Attempt {
+            provider,
+            upstream_model: None,
+            model_label: Arc::from("none"),
+        }],
+        retry: Retry {
+            attempts: 1,
+            on_connect: false,
+            on_timeout: false,
+            on_429: false,
+            on_5xx: false,
+        },
+        timeouts: Timeouts::default(),
+    }
+}
+
+/// `GET /v1/models` in base-URL mode: the catalog, in OpenAI's list shape.
+pub fn catalog_listing(policy: &Policy) -> Bytes {
+    let data: Vec<_> = policy
+        .models
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "id": m.alias,
+                "object": "model",
+                "created": 0,
+                "owned_by": &*policy.providers[m.provider].name,
+            })
+        })
+        .collect();
+    Bytes::from(serde_json::json!({ "object": "list", "data": data }).to_string())
+}
+
+impl Switchyard {
+    pub(super) async fn forward(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        policy: &Policy,
+        req: &LlmRequest,
+        plan: &Plan,
+    ) -> Result<(), Failure> {
+        let metrics = &self.state.metrics;
+        ctx.route = plan.route.clone();
+        let mut n = 0;
+        let mut fresh_retry_used = false;
+        let final_error = loop {
+            let Some(attempt) = plan.attempt(n) else {
+                break ProxyError::new(ErrorCode::UpstreamUnavailable, "no attempt left");
+            };
+            let last = plan.attempt(n + 1).is_none();
+            let provider = &policy.providers[attempt.provider];
+            ctx.provider = provider.name.clone();
+            ctx.model = attempt.model_label.clone();
+            if n > 0 {
+                metrics.fallbacks.with_label_values(&[&*plan.route]).inc();
+            }
+
+            let body = match &req.probe {
+                Some(p) => {
+                    rewrite::with_model(&req.body, &p.model_span, attempt.upstream_model.as_deref())
+                }
+                None => req.body.clone(),
+            };
+            let result = self
+                .attempt(session, provider, &req.path_and_query, body, &plan.timeouts)
+                .await;
+            let outcome = match &result {
+                Ok((up, _)) => AttemptOutcome::from_status(status_of(up)),
+                Err(AttemptError::Connect(_)) => AttemptOutcome::ConnectError,
+                Err(AttemptError::Timeout(_)) => AttemptOutcome::Timeout,
+                Err(AttemptError::Transport { .. }) => AttemptOutcome::Error,
+            };
+            metrics
+                .upstream_attempts
+                .with_label_values(&[&*provider.name, outcome.as_str()])
+                .inc();
+
+            match result {
+                Ok((up, peer)) => {
+                    let status = status_of(&up);
+                    if !last && plan.retry.retries_status(status) {
+                        tracing::info!(
+                            route = &*plan.route,
+                            provider = &*provider.name,
+                            status,
+                            "upstream refused; trying the next target"
+                        );
+                        n += 1;
+                        continue;
+                    }
+                    return self.relay(session, ctx, up, &peer, provider, plan).await;
+                }
+                Err(AttemptError::Transport { msg, reused: true }) if !fresh_retry_used => {
+                    // A pooled connection the server had already closed: one more try on a
+                    // fresh one, not counted against the plan.
+                    tracing::debug!(
+                        provider = &*provider.name,
+                        "reused connection failed ({msg}); retrying fresh"
+                    );
+                    fresh_retry_used = true;
+                    continue;
+                }
+                Err(AttemptError::Connect(msg)) | Err(AttemptError::Transport { msg, .. }) => {
+                    tracing::warn!(
+                        route = &*plan.route,
+                        provider = &*provider.name,
+                        "upstream unavailable: {msg}"
+                    );
+                    if last || !plan.retry.on_connect {
+                        break ProxyError::new(
+                            ErrorCode::UpstreamUnavailable,
+                            format!("provider {} is unavailable", provider.name),
+                        );
+                    }
+                }
+                Err(AttemptError::Timeout(msg)) => {
+                    tracing::warn!(
+                        route = &*plan.route,
+                        provider = &*provider.name,
+                        "upstream timed out: {msg}"
+                    );
+                    if last || !plan.retry.on_timeout {
+                        break ProxyError::new(
+                            ErrorCode::UpstreamTimeout,
+                            format!("provider {} did not answer in time", provider.name),
+                        );
+                    }
+                }
+            }
+            n += 1;
+        };
+        Err(final_error.into())
+    }
+
+    /// Sends one rewritten request and reads the response header.
+    async fn attempt(
+        &self,
+        session: &Session,
+        provider: &Provider,
+        path_and_query: &str,
+        body: Bytes,
+        timeouts: &Timeouts,
+    ) -> Result<(HttpSession, HttpPeer), AttemptError> {
+        let header =
+            rewrite::upstream_header(session.req_header(), provider, path_and_query, body.len())
+                .map_err(|e| AttemptError::Connect(format!("cannot build request: {e}")))?;
+        let peer = upstream::peer_for(&self.resolver, provider, timeouts)
+            .await
+            .map_err(AttemptError::Connect)?;
+        let (mut up, reused) = self
+            .connector
+            .get_http_session(&peer)
+            .await
+            .map_err(|e| match e.etype() {
+                ConnectTimedout => AttemptError::Timeout(e.to_string()),
+                _ => AttemptError::Connect(e.to_string()),
+            })?;
+        up.set_read_timeout(Some(timeouts.first_byte));
+        let exchange = async {
+            up.write_request_header(Box::new(header)).await?;
+            if !body.is_empty() {
+                up.write_request_body(body, true).await?;
+            }
+            up.finish_request_body().await?;
+            up.read_response_header().await
+        };
+        match tokio::time::timeout(timeouts.first_byte, exchange).await {
+            Err(_) => Err(AttemptError::Timeout(format!(
+                "no response header within {:?}",
+                timeouts.first_byte
+            ))),
+            Ok(Err(e)) if e.etype() == &ReadTimedout => Err(AttemptError::Timeout(e.to_string())),
+            Ok(Err(e)) => Err(AttemptError::Transport {
+                msg: e.to_string(),
+                reused,
+            }),
+            Ok(Ok(())) => {
+                up.set_read_timeout(Some(timeouts.idle));
+                Ok((up, peer))
+            }
+        }
+    }
+
+    /// Streams the upstream response to the client as it arrives.
+    async fn relay(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        mut up: HttpSession,
+        peer: &HttpPeer,
+        provider: &Provider,
+        plan: &Plan,
+    ) -> Result<(), Failure> {
+        let upstream_header = up.response_header().ok_or_else(|| {
+            Failure::Answer(ProxyError::new(
+                ErrorCode::Internal,
+                "response header missing",
+            ))
+        })?;
+        let resp = downstream_header(upstream_header, &plan.route, provider, &ctx.model)
+            .map_err(Failure::Abort)?;
+        ctx.status = resp.status.as_u16();
+        if let Err(e) = session.write_response_header(Box::new(resp), false).await {
+            self.interrupted("client");
+            return Err(Failure::Abort(e));
+        }
+        loop {
+            match up.read_response_body().await {
+                Ok(Some(chunk)) => {
+                    if let Err(e) = session.write_response_body(Some(chunk), false).await {
+                        self.interrupted("client");
+                        return Err(Failure::Abort(e));
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(
+                        provider = &*provider.name,
+                        "upstream broke mid-response: {e}"
+                    );
+                    self.interrupted("upstream");
+                    return Err(Failure::Abort(e));
+                }
+            }
+        }
+        if let Err(e) = session.write_response_body(None, true).await {
+            self.interrupted("client");
+            return Err(Failure::Abort(e));
+        }
+        if up.response_done() {
+            self.connector
+                .release_http_session(up, peer, Some(POOL_IDLE))
+                .await;
+        }
+        Ok(())
+    }
+
+    fn interrupted(&self, side: &str) {
+        self.state
+            .metrics
+            .streams_interrupted
+            .with_label_values(&[side])
+            .inc();
+    }
+}
+
+fn status_of(up: &HttpSession) -> u16 {
+    up.response_header().map_or(0, |h| h.status.as_u16())
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+fn downstream_header(
+    up: &ResponseHeader,
+    route: &str,
+    provider: &Provider,
+    model: &str,
+) -> Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(up.status, Some(up.headers.len() + 4))?;
+    for (name, value) in up.headers.iter() {
+        if !HOP_BY_HOP.contains(&name.as_str()) {
+            h.append_header(name.clone(), value.clone())?;
+        }
+    }
+    if !h.headers.contains_key(header::CONTENT_LENGTH) {
+        h.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+    }
+    h.insert_header("x-switchyard-route", route)?;
+    h.insert_header("x-switchyard-provider", &*provider.name)?;
+    if let Ok(v) = http::HeaderValue::from_str(model) {
+        h.insert_header("x-switchyard-model", v)?;
+    }
+    Ok(h)
+}

@@ -1,0 +1,317 @@
+//! The proxy: Pingora's `ProxyHttp` phases. LLM calls are owned end to end by
+//! `request_filter` (accept → read → route → rewrite → forward → stream back, see
+//! `exchange`); passthrough hosts go down Pingora's ordinary proxy phases untouched.
+
+mod accept;
+mod body;
+mod exchange;
+
+use crate::error::{ErrorCode, ProxyError};
+use crate::policy::{HostRule, Policy};
+use crate::rewrite;
+use crate::route::{self, RouteInput};
+use crate::state::{InFlight, State};
+use crate::upstream::{self, Resolver};
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header;
+use pingora::connectors::http::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use exchange::LlmRequest;
+
+pub struct Switchyard {
+    state: Arc<State>,
+    connector: Connector,
+    resolver: Resolver,
+}
+
+impl Switchyard {
+    pub fn new(state: Arc<State>) -> Self {
+        Switchyard {
+            state,
+            connector: Connector::new(None),
+            resolver: Resolver::default(),
+        }
+    }
+}
+
+/// Labels of the request for metrics, filled in as the walk learns them.
+pub struct Ctx {
+    _in_flight: Option<InFlight>,
+    start: Instant,
+    /// Set for passthrough hosts: Pingora's own phases forward the request.
+    passthrough: Option<(String, u16)>,
+    route: Arc<str>,
+    provider: Arc<str>,
+    model: Arc<str>,
+    status: u16,
+}
+
+fn none_label() -> Arc<str> {
+    Arc::from("none")
+}
+
+#[async_trait]
+impl ProxyHttp for Switchyard {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            _in_flight: None,
+            start: Instant::now(),
+            passthrough: None,
+            route: none_label(),
+            provider: none_label(),
+            model: none_label(),
+            status: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx._in_flight = Some(InFlight::new(&self.state.metrics.in_flight));
+        ctx.start = Instant::now();
+        // One snapshot for the whole request, however many reloads happen meanwhile.
+        let policy = self.state.policy.load_full();
+        match self.handle(session, ctx, &policy).await {
+            Ok(Handled::Done) => Ok(true),
+            Ok(Handled::Passthrough) => Ok(false),
+            Err(Failure::Answer(e)) => {
+                self.send_error(session, ctx, &e).await?;
+                Ok(true)
+            }
+            Err(Failure::Abort(e)) => Err(e),
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some((host, port)) = &ctx.passthrough else {
+            return Error::e_explain(InternalError, "no upstream chosen for this request");
+        };
+        let addr = self
+            .resolver
+            .resolve(host, *port)
+            .await
+            .map_err(|m| Error::explain(ConnectNoRoute, m))?;
+        Ok(Box::new(upstream::peer_at(
+            addr,
+            false,
+            host,
+            Duration::from_secs(5),
+        )))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Proxy credentials are for this hop only.
+        upstream_request.remove_header(&header::PROXY_AUTHORIZATION);
+        upstream_request.remove_header("proxy-connection");
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        // Once a response has started, the only honest signal left is to cut the connection.
+        if session.response_written().is_some() {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        let code = match e.etype() {
+            ConnectTimedout | ReadTimedout | WriteTimedout => ErrorCode::UpstreamTimeout,
+            _ if e.esource() == &ErrorSource::Upstream => ErrorCode::UpstreamUnavailable,
+            _ if e.esource() == &ErrorSource::Downstream => ErrorCode::InvalidRequest,
+            _ => ErrorCode::UpstreamUnavailable,
+        };
+        let err = ProxyError::new(code, e.etype().as_str().to_string());
+        if self.send_error(session, ctx, &err).await.is_err() {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        FailToProxy {
+            error_code: err.status(),
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let m = &self.state.metrics;
+        let status = session
+            .response_written()
+            .map_or(ctx.status, |r| r.status.as_u16());
+        let mut buf = itoa_buf();
+        let status = status_str(status, &mut buf);
+        if ctx.passthrough.is_some() {
+            m.passthrough_requests.with_label_values(&[status]).inc();
+            return;
+        }
+        m.requests
+            .with_label_values(&[&*ctx.route, &*ctx.provider, &*ctx.model, status])
+            .inc();
+        m.request_duration
+            .with_label_values(&[&*ctx.route])
+            .observe(ctx.start.elapsed().as_secs_f64());
+    }
+}
+
+fn itoa_buf() -> [u8; 3] {
+    [b'0'; 3]
+}
+
+/// Status codes as label text without allocating.
+fn status_str(status: u16, buf: &mut [u8; 3]) -> &str {
+    if !(100..1000).contains(&status) {
+        return "0";
+    }
+    buf[0] = b'0' + (status / 100) as u8;
+    buf[1] = b'0' + (status / 10 % 10) as u8;
+    buf[2] = b'0' + (status % 10) as u8;
+    std::str::from_utf8(buf).unwrap_or("0")
+}
+
+pub(crate) enum Handled {
+    /// The response was sent.
+    Done,
+    /// Let Pingora's phases proxy it (passthrough host).
+    Passthrough,
+}
+
+pub(crate) enum Failure {
+    /// Answer the client with this error (nothing was sent yet).
+    Answer(ProxyError),
+    /// The exchange broke after the response started: cut the connection.
+    Abort(Box<Error>),
+}
+
+impl From<ProxyError> for Failure {
+    fn from(e: ProxyError) -> Self {
+        Failure::Answer(e)
+    }
+}
+
+impl Switchyard {
+    async fn handle(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        policy: &Policy,
+    ) -> std::result::Result<Handled, Failure> {
+        let target = accept::target(session.req_header())
+            .map_err(|m| ProxyError::new(ErrorCode::InvalidRequest, m))?;
+        let path_and_query = target.path_and_query.to_string();
+        let mut host_provider = None;
+        let host = match target.host {
+            Some(h) => {
+                let h = h.to_ascii_lowercase();
+                match policy.host_rule(&h) {
+                    Some(HostRule::Passthrough { host, port }) => {
+                        ctx.passthrough = Some((host.clone(), *port));
+                        return Ok(Handled::Passthrough);
+                    }
+                    Some(HostRule::Provider(p)) => host_provider = Some(*p),
+                    None => {
+                        return Err(ProxyError::new(
+                            ErrorCode::HostNotAllowed,
+                            format!("host {h:?} is not a configured provider or passthrough host"),
+                        )
+                        .into())
+                    }
+                }
+                Some(h)
+            }
+            None => None,
+        };
+
+        let method = session.req_header().method.clone();
+        if host.is_none()
+            && method == http::Method::GET
+            && accept::path_only(&path_and_query) == "/v1/models"
+        {
+            let body = exchange::catalog_listing(policy);
+            self.send_json(session, ctx, 200, body)
+                .await
+                .map_err(Failure::Abort)?;
+            return Ok(Handled::Done);
+        }
+
+        let body = body::read(session, policy.max_body_bytes).await?;
+        let probe = if body.is_empty() {
+            None
+        } else {
+            rewrite::probe(&body)?
+        };
+
+        let plan = match (&probe, host_provider) {
+            (Some(p), _) => route::plan(
+                policy,
+                &RouteInput {
+                    model: &p.model,
+                    host: host.as_deref(),
+                    host_provider,
+                    path: accept::path_only(&path_and_query),
+                    headers: &session.req_header().headers,
+                },
+            )?,
+            // A model-less call to a provider's own host (GET /v1/models, files…) goes to it.
+            (None, Some(p)) => exchange::direct_plan(p),
+            (None, None) => return Err(ProxyError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "{method} {} carries no `model`; Switchyard routes by the request body's model",
+                    accept::path_only(&path_and_query)
+                ),
+            )
+            .into()),
+        };
+        let req = LlmRequest {
+            path_and_query,
+            body,
+            probe,
+        };
+        self.forward(session, ctx, policy, &req, &plan).await?;
+        Ok(Handled::Done)
+    }
+
+    async fn send_error(&self, session: &mut Session, ctx: &mut Ctx, e: &ProxyError) -> Result<()> {
+        self.state
+            .metrics
+            .errors
+            .with_label_values(&[e.code.as_str()])
+            .inc();
+        if e.status() >= 500 {
+            tracing::warn!(code = e.code.as_str(), "{}", e.message);
+        } else {
+            tracing::debug!(code = e.code.as_str(), "{}", e.message);
+        }
+        self.send_json(session, ctx, e.status(), e.body()).await
+    }
+
+    async fn send_json(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        body: Bytes,
+    ) -> Result<()> {
+        ctx.status = status;
+        let mut h = ResponseHeader::build(status, Some(3))?;
+        h.insert_header(header::CONTENT_TYPE, "application/json")?;
+        h.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+        // The request body may be unread (rejected early): do not reuse the connection.
+        if status >= 400 {
+            session.set_keepalive(None);
+        }
+        session.write_response_header(Box::new(h), false).await?;
+        session.write_response_body(Some(body), true).await
+    }
+}

@@ -1,0 +1,247 @@
+//! Request rewriting for one attempt: the `model` field spliced in place (every other byte
+//! of the client's JSON kept), and the upstream request header built for the provider.
+
+use crate::error::{ErrorCode, ProxyError};
+use crate::policy::Provider;
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName};
+use pingora::http::RequestHeader;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::ops::Range;
+
+/// What the proxy needs from an LLM request body. One parse validates the whole JSON and
+/// locates `model`, so the rewrite is a splice rather than a re-serialisation.
+#[derive(Debug)]
+pub struct BodyProbe {
+    pub model: String,
+    /// Byte range of the `model` value (quotes included) in the body.
+    pub model_span: Range<usize>,
+    pub stream: bool,
+}
+
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+/// Parses the body; `Ok(None)` when it is valid JSON without a `model` string.
+pub fn probe(body: &[u8]) -> Result<Option<BodyProbe>, ProxyError> {
+    let p: Probe<'_> = serde_json::from_slice(body).map_err(|e| {
+        ProxyError::new(
+            ErrorCode::InvalidRequest,
+            format!("request body is not valid JSON: {e}"),
+        )
+    })?;
+    let Some(raw) = p.model else {
+        return Ok(None);
+    };
+    let model: String = serde_json::from_str(raw.get())
+        .map_err(|_| ProxyError::new(ErrorCode::InvalidRequest, "`model` must be a string"))?;
+    // `raw` borrows from `body`, so its offset is a pointer difference.
+    let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+    Ok(Some(BodyProbe {
+        model,
+        model_span: start..start + raw.get().len(),
+        stream: p.stream.unwrap_or(false),
+    }))
+}
+
+/// The body with the model value replaced; the original bytes when there is nothing to swap.
+pub fn with_model(body: &Bytes, span: &Range<usize>, model: Option<&str>) -> Bytes {
+    let Some(model) = model else {
+        return body.clone();
+    };
+    let quoted = match serde_json::to_string(model) {
+        Ok(q) => q,
+        Err(_) => return body.clone(),
+    };
+    if body.get(span.clone()) == Some(quoted.as_bytes()) {
+        return body.clone();
+    }
+    let mut out = BytesMut::with_capacity(body.len() - span.len() + quoted.len());
+    out.extend_from_slice(&body[..span.start]);
+    out.extend_from_slice(quoted.as_bytes());
+    out.extend_from_slice(&body[span.end..]);
+    out.freeze()
+}
+
+/// Headers never forwarded: hop-by-hop ones, the client's credentials, and those the proxy
+/// sets itself.
+const DROPPED: &[HeaderName] = &[
+    header::CONNECTION,
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::EXPECT,
+    header::PROXY_AUTHORIZATION,
+    header::AUTHORIZATION,
+    header::ACCEPT_ENCODING,
+];
+
+fn dropped(name: &HeaderName) -> bool {
+    DROPPED.contains(name)
+        || matches!(
+            name.as_str(),
+            "keep-alive" | "proxy-connection" | "x-api-key" | "api-key" | "x-goog-api-key"
+        )
+}
+
+/// Maps the client's path onto the provider's base path. OpenAI-style clients address
+/// `/v1/...`; a provider's base_url already ends with its API root, so `/v1` is replaced.
+pub fn upstream_path(provider: &Provider, client_path_and_query: &str) -> String {
+    let rest = client_path_and_query
+        .strip_prefix("/v1")
+        .filter(|r| r.is_empty() || r.starts_with('/') || r.starts_with('?'))
+        .unwrap_or(client_path_and_query);
+    let mut p = String::with_capacity(provider.base_path.len() + rest.len() + 1);
+    p.push_str(&provider.base_path);
+    if !rest.starts_with('/') {
+        p.push('/');
+    }
+    p.push_str(rest);
+    p
+}
+
+/// The request header sent to `provider` for one attempt.
+pub fn upstream_header(
+    client: &RequestHeader,
+    provider: &Provider,
+    path_and_query: &str,
+    body_len: usize,
+) -> pingora::Result<RequestHeader> {
+    let path = upstream_path(provider, path_and_query);
+    let mut req = RequestHeader::build(
+        client.method.clone(),
+        path.as_bytes(),
+        Some(client.headers.len() + 4),
+    )?;
+    for (name, value) in client.headers.iter() {
+        if !dropped(name) {
+            req.append_header(name.clone(), value.clone())?;
+        }
+    }
+    req.insert_header(header::HOST, provider.authority.clone())?;
+    if let Some((name, value)) = &provider.auth {
+        req.insert_header(name.clone(), value.clone())?;
+    }
+    for (name, value) in &provider.extra_headers {
+        req.insert_header(name.clone(), value.clone())?;
+    }
+    // Usage is read from the response, so it must not arrive compressed.
+    req.insert_header(header::ACCEPT_ENCODING, "identity")?;
+    if body_len > 0 || client.method == http::Method::POST || client.method == http::Method::PUT {
+        req.insert_header(header::CONTENT_LENGTH, body_len.to_string())?;
+    }
+    Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_finds_model_and_stream() {
+        let body = br#"{"messages":[{"role":"user","content":"hi \"model\""}],"model" : "gpt-4o","stream":true}"#;
+        let p = probe(body).unwrap().unwrap();
+        assert_eq!(p.model, "gpt-4o");
+        assert!(p.stream);
+        assert_eq!(&body[p.model_span.clone()], b"\"gpt-4o\"");
+    }
+
+    #[test]
+    fn probe_errors() {
+        assert_eq!(
+            probe(b"{not json").unwrap_err().code,
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            probe(br#"{"model": 5}"#).unwrap_err().code,
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            probe(br#"{"model":"a","model":"b"}"#).unwrap_err().code,
+            ErrorCode::InvalidRequest
+        );
+        assert!(probe(br#"{"input":"x"}"#).unwrap().is_none());
+        assert!(probe(b"[1,2]").is_err());
+    }
+
+    #[test]
+    fn splice_keeps_every_other_byte() {
+        let body =
+            Bytes::from_static(br#"{ "model":"gpt-4o",  "temperature":0.70, "x":"\u00e9" }"#);
+        let p = probe(&body).unwrap().unwrap();
+        let out = with_model(&body, &p.model_span, Some("llama \"3\""));
+        assert_eq!(
+            &out[..],
+            br#"{ "model":"llama \"3\"",  "temperature":0.70, "x":"\u00e9" }"#
+        );
+        // unchanged model: same allocation
+        let same = with_model(&body, &p.model_span, Some("gpt-4o"));
+        assert_eq!(same.as_ptr(), body.as_ptr());
+        let keep = with_model(&body, &p.model_span, None);
+        assert_eq!(keep.as_ptr(), body.as_ptr());
+    }
+
+    fn provider(base: &str) -> Provider {
+        let yaml = format!(
+            "providers:\n  p: {{ format: openai, base_url: \"{base}\", api_key: sk-prov }}\n"
+        );
+        let mut pol =
+            crate::config::from_str(&yaml, &crate::config::expand::ProcessEnv, 1).unwrap();
+        pol.providers.remove(0)
+    }
+
+    #[test]
+    fn paths_map_onto_base_url() {
+        let p = provider("https://api.groq.com/openai/v1");
+        assert_eq!(
+            upstream_path(&p, "/v1/chat/completions"),
+            "/openai/v1/chat/completions"
+        );
+        assert_eq!(upstream_path(&p, "/v1/models?x=1"), "/openai/v1/models?x=1");
+        assert_eq!(
+            upstream_path(&p, "/chat/completions"),
+            "/openai/v1/chat/completions"
+        );
+        let root = provider("http://127.0.0.1:9000");
+        assert_eq!(
+            upstream_path(&root, "/v1/chat/completions"),
+            "/chat/completions"
+        );
+        assert_eq!(upstream_path(&root, "/v1x"), "/v1x");
+    }
+
+    #[test]
+    fn header_swaps_credentials_and_host() {
+        let p = provider("https://api.openai.com/v1");
+        let mut client = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+        client
+            .insert_header("authorization", "Bearer sk-client")
+            .unwrap();
+        client.insert_header("x-api-key", "sk-client").unwrap();
+        client.insert_header("host", "127.0.0.1:4000").unwrap();
+        client.insert_header("content-length", "999").unwrap();
+        client.insert_header("expect", "100-continue").unwrap();
+        client.insert_header("accept-encoding", "gzip").unwrap();
+        client
+            .insert_header("openai-beta", "assistants=v2")
+            .unwrap();
+        let up = upstream_header(&client, &p, "/v1/chat/completions", 42).unwrap();
+        assert_eq!(up.uri.path(), "/v1/chat/completions");
+        assert_eq!(up.headers["authorization"], "Bearer sk-prov");
+        assert_eq!(up.headers["host"], "api.openai.com");
+        assert_eq!(up.headers["content-length"], "42");
+        assert_eq!(up.headers["accept-encoding"], "identity");
+        assert_eq!(up.headers["openai-beta"], "assistants=v2");
+        assert!(up.headers.get("x-api-key").is_none());
+        assert!(up.headers.get("expect").is_none());
+    }
+}

@@ -1,0 +1,239 @@
+//! Route decision: the first matching route and its strategy turn a request into an
+//! ordered attempt plan (primary, then fallbacks).
+
+use crate::error::{ErrorCode, ProxyError};
+use crate::policy::{Policy, Retry, Route, Strategy, Timeouts};
+use http::HeaderMap;
+use std::sync::Arc;
+
+/// What routing looks at.
+pub struct RouteInput<'a> {
+    pub model: &'a str,
+    /// Forward-proxy target host, lowercase; `None` in base-URL mode.
+    pub host: Option<&'a str>,
+    /// Provider owning `host`, if any.
+    pub host_provider: Option<usize>,
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub provider: usize,
+    /// Model id to write into the body; `None` keeps the client's.
+    pub upstream_model: Option<Arc<str>>,
+    /// Catalog name (or the client's model for passthrough), for metrics.
+    pub model_label: Arc<str>,
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub route: Arc<str>,
+    pub attempts: Vec<Attempt>,
+    pub retry: Retry,
+    pub timeouts: Timeouts,
+}
+
+impl Plan {
+    /// The attempt for try number `n` (0-based): the plan in order, the last one repeated
+    /// when `retry.attempts` exceeds the plan.
+    pub fn attempt(&self, n: usize) -> Option<&Attempt> {
+        if n >= self.retry.attempts as usize {
+            return None;
+        }
+        self.attempts.get(n).or_else(|| self.attempts.last())
+    }
+}
+
+const DEFAULT_ROUTE: &str = "catalog";
+
+pub fn plan(policy: &Policy, input: &RouteInput<'_>) -> Result<Plan, ProxyError> {
+    match policy.routes.iter().find(|r| matches(r, input)) {
+        Some(route) => plan_route(policy, route, input),
+        None => match policy.model_index.get(input.model) {
+            Some(&m) => Ok(Plan {
+                route: Arc::from(DEFAULT_ROUTE),
+                attempts: vec![catalog_attempt(policy, m)],
+                retry: Retry {
+                    attempts: 1,
+                    on_connect: true,
+                    on_timeout: true,
+                    on_429: true,
+                    on_5xx: true,
+                },
+                timeouts: Timeouts::default(),
+            }),
+            None => Err(model_not_found(input.model)),
+        },
+    }
+}
+
+fn model_not_found(model: &str) -> ProxyError {
+    ProxyError::new(
+        ErrorCode::ModelNotFound,
+        format!("The model `{model}` does not exist or no route serves it"),
+    )
+}
+
+fn matches(route: &Route, input: &RouteInput<'_>) -> bool {
+    let m = &route.matcher;
+    m.model.as_ref().is_none_or(|p| p.matches(input.model))
+        && m.host
+            .as_ref()
+            .is_none_or(|p| input.host.is_some_and(|h| p.matches(h)))
+        && m.path.as_ref().is_none_or(|p| p.matches(input.path))
+        && m.headers.iter().all(|(name, p)| {
+            input
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| p.matches(v))
+        })
+}
+
+fn catalog_attempt(policy: &Policy, model: usize) -> Attempt {
+    let m = &policy.models[model];
+    Attempt {
+        provider: m.provider,
+        upstream_model: Some(m.upstream.clone()),
+        model_label: Arc::from(m.alias.as_str()),
+    }
+}
+
+fn plan_route(policy: &Policy, route: &Route, input: &RouteInput<'_>) -> Result<Plan, ProxyError> {
+    let mut attempts = Vec::with_capacity(4);
+    match &route.strategy {
+        Strategy::Weighted { targets, total } => {
+            let mut pick = fastrand::u32(0..*total);
+            let chosen = targets
+                .iter()
+                .position(|(_, w)| {
+                    if pick < *w {
+                        true
+                    } else {
+                        pick -= w;
+                        false
+                    }
+                })
+                .unwrap_or(0);
+            attempts.push(catalog_attempt(policy, targets[chosen].0));
+            for (i, (m, _)) in targets.iter().enumerate() {
+                if i != chosen {
+                    attempts.push(catalog_attempt(policy, *m));
+                }
+            }
+        }
+        Strategy::Priority { targets } => {
+            attempts.extend(targets.iter().map(|m| catalog_attempt(policy, *m)));
+        }
+        Strategy::Passthrough { provider } => {
+            let provider = input.host_provider.or(*provider).ok_or_else(|| {
+                ProxyError::new(
+                    ErrorCode::ModelNotFound,
+                    format!(
+                        "route `{}` passes the model through but the request names no provider host",
+                        route.name
+                    ),
+                )
+            })?;
+            attempts.push(Attempt {
+                provider,
+                upstream_model: None,
+                model_label: Arc::from(input.model),
+            });
+        }
+    }
+    attempts.extend(route.fallbacks.iter().map(|m| catalog_attempt(policy, *m)));
+    Ok(Plan {
+        route: route.name.clone(),
+        attempts,
+        retry: route.retry,
+        timeouts: route.timeouts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::expand::ProcessEnv;
+
+    const POLICY: &str = r#"
+providers:
+  a: { format: openai, base_url: "http://127.0.0.1:9001/v1" }
+  b: { format: openai, base_url: "http://127.0.0.1:9002/v1", intercept: [api.b.test] }
+models:
+  m-a: { provider: a, name: real-a }
+  m-b: { provider: b }
+routes:
+  - name: by-header
+    match: { headers: { x-team: research } }
+    strategy: priority
+    targets: [m-b]
+  - name: glob
+    match: { model: "gpt-*", path: "/v1/chat/*" }
+    strategy: weighted
+    targets: [ { model: m-a, weight: 1 }, { model: m-b, weight: 0 } ]
+    fallbacks: [m-b]
+    retry: { attempts: 5 }
+  - name: pass
+    match: { host: "api.b.test" }
+    strategy: passthrough
+"#;
+
+    fn policy() -> Policy {
+        crate::config::from_str(POLICY, &ProcessEnv, 1).unwrap()
+    }
+
+    fn input<'a>(model: &'a str, path: &'a str, headers: &'a HeaderMap) -> RouteInput<'a> {
+        RouteInput {
+            model,
+            host: None,
+            host_provider: None,
+            path,
+            headers,
+        }
+    }
+
+    #[test]
+    fn first_match_wins_and_globs() {
+        let p = policy();
+        let h = HeaderMap::new();
+        let plan = plan(&p, &input("gpt-4o", "/v1/chat/completions", &h)).unwrap();
+        assert_eq!(&*plan.route, "glob");
+        // weight 0 never drawn first
+        assert_eq!(plan.attempts[0].upstream_model.as_deref(), Some("real-a"));
+        assert_eq!(plan.attempts.len(), 3);
+        assert_eq!(plan.attempt(4), plan.attempts.last());
+        assert_eq!(plan.attempt(5), None);
+        // path must match too
+        let e = super::plan(&p, &input("gpt-4o", "/v1/embeddings", &h)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::ModelNotFound);
+
+        let mut h2 = HeaderMap::new();
+        h2.insert("x-team", "research".parse().unwrap());
+        let plan = super::plan(&p, &input("gpt-4o", "/v1/chat/completions", &h2)).unwrap();
+        assert_eq!(&*plan.route, "by-header");
+    }
+
+    #[test]
+    fn catalog_fallthrough_and_passthrough() {
+        let p = policy();
+        let h = HeaderMap::new();
+        let plan = plan(&p, &input("m-a", "/v1/chat/completions", &h)).unwrap();
+        assert_eq!(&*plan.route, "catalog");
+        assert_eq!(plan.attempts[0].upstream_model.as_deref(), Some("real-a"));
+
+        let b = p.providers.iter().position(|x| &*x.name == "b").unwrap();
+        let inp = RouteInput {
+            model: "whatever-model",
+            host: Some("api.b.test"),
+            host_provider: Some(b),
+            path: "/v1/chat/completions",
+            headers: &h,
+        };
+        let plan = super::plan(&p, &inp).unwrap();
+        assert_eq!(&*plan.route, "pass");
+        assert_eq!(plan.attempts[0].provider, b);
+        assert_eq!(plan.attempts[0].upstream_model, None);
+    }
+}

@@ -1,0 +1,84 @@
+//! Assembles the running sidecar: Pingora server, proxy and admin listeners, the reload
+//! watcher and the graceful-stop watch.
+
+use crate::admin::Admin;
+use crate::proxy::Switchyard;
+use crate::shutdown::GracefulStop;
+use crate::state::State;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
+use pingora::services::listening::Service;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn run(config_path: PathBuf) -> Result<(), String> {
+    let policy = crate::config::load(&config_path, 1).map_err(|e| e.to_string())?;
+    let listen = policy.listen.clone();
+    let grace = policy.grace_period;
+    let threads = policy.threads;
+    let state = State::new(policy, config_path);
+
+    let conf = ServerConf {
+        threads,
+        // Our drain monitor exits first; this is only the backstop.
+        grace_period_seconds: Some(grace.as_secs() + 2),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Switchyard::new(state.clone()),
+        "switchyard proxy",
+    );
+    proxy.add_tcp(&listen.proxy);
+    let mut admin = Service::new("switchyard admin".to_string(), Admin::new(state.clone()));
+    admin.add_tcp(&listen.admin);
+    server.add_service(proxy);
+    server.add_service(admin);
+
+    spawn_background(state.clone(), listen.proxy.clone())?;
+    tracing::info!(proxy = %listen.proxy, admin = %listen.admin, "switchyard starting");
+    server.run(RunArgs {
+        shutdown_signal: Box::new(GracefulStop { state, grace }),
+    });
+    Ok(())
+}
+
+/// A small runtime of our own for the reload watcher, and the readiness probe.
+fn spawn_background(state: Arc<State>, proxy_addr: String) -> Result<(), String> {
+    let st = state.clone();
+    std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(crate::reload::watch(st)),
+                Err(e) => tracing::error!("cannot start the reload runtime: {e}"),
+            }
+        })
+        .map_err(|e| format!("cannot start the reload thread: {e}"))?;
+    std::thread::Builder::new()
+        .name("ready-probe".into())
+        .spawn(move || {
+            let Ok(addr) = proxy_addr.parse() else { return };
+            for _ in 0..600 {
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                    state.ready.store(true, Ordering::Release);
+                    tracing::info!("proxy listener is up; ready");
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            tracing::error!("proxy listener did not come up; staying not ready");
+        })
+        .map_err(|e| format!("cannot start the readiness probe: {e}"))?;
+    Ok(())
+}

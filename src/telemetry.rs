@@ -1,0 +1,164 @@
+//! Prometheus metrics. One registry owned by the process (not the global default one),
+//! label sets bounded: route, provider and model come from the policy, never from raw input.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_attempts: IntCounterVec,
+    pub fallbacks: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub passthrough_requests: IntCounterVec,
+    pub streams_interrupted: IntCounterVec,
+    pub in_flight: IntGauge,
+    pub config_reloads: IntCounterVec,
+    pub config_generation: IntGauge,
+}
+
+/// Outcome label of one upstream attempt.
+#[derive(Debug, Clone, Copy)]
+pub enum AttemptOutcome {
+    Ok,
+    ConnectError,
+    Timeout,
+    Status429,
+    Status5xx,
+    Status4xx,
+    Error,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Ok => "ok",
+            AttemptOutcome::ConnectError => "connect_error",
+            AttemptOutcome::Timeout => "timeout",
+            AttemptOutcome::Status429 => "status_429",
+            AttemptOutcome::Status5xx => "status_5xx",
+            AttemptOutcome::Status4xx => "status_4xx",
+            AttemptOutcome::Error => "error",
+        }
+    }
+
+    pub fn from_status(status: u16) -> Self {
+        match status {
+            429 => AttemptOutcome::Status429,
+            500.. => AttemptOutcome::Status5xx,
+            400.. => AttemptOutcome::Status4xx,
+            _ => AttemptOutcome::Ok,
+        }
+    }
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    registry
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    g
+}
+
+impl Metrics {
+    // The panics above fire only on a programming error in a metric definition, at start-up.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_request_duration_seconds",
+                "Time from request start to the last response byte, by route",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                120.0,
+            ]),
+            &["route"],
+        )
+        .unwrap_or_else(|e| panic!("histogram: {e}"));
+        registry
+            .register(Box::new(request_duration.clone()))
+            .unwrap_or_else(|e| panic!("histogram registered twice: {e}"));
+        Metrics {
+            requests: counter(
+                &registry,
+                "switchyard_requests_total",
+                "LLM requests answered, by route, provider, model and HTTP status",
+                &["route", "provider", "model", "status"],
+            ),
+            request_duration,
+            upstream_attempts: counter(
+                &registry,
+                "switchyard_upstream_attempts_total",
+                "Upstream attempts by provider and outcome",
+                &["provider", "outcome"],
+            ),
+            fallbacks: counter(
+                &registry,
+                "switchyard_fallbacks_total",
+                "Requests that moved to a later attempt of their plan, by route",
+                &["route"],
+            ),
+            errors: counter(
+                &registry,
+                "switchyard_errors_total",
+                "Errors the proxy answered itself, by code",
+                &["code"],
+            ),
+            passthrough_requests: counter(
+                &registry,
+                "switchyard_passthrough_requests_total",
+                "Requests to passthrough hosts (not metered as LLM calls), by status",
+                &["status"],
+            ),
+            streams_interrupted: counter(
+                &registry,
+                "switchyard_streams_interrupted_total",
+                "Responses cut before their end, by the side that cut them",
+                &["side"],
+            ),
+            in_flight: gauge(
+                &registry,
+                "switchyard_in_flight_requests",
+                "Requests being served now",
+            ),
+            config_reloads: counter(
+                &registry,
+                "switchyard_config_reloads_total",
+                "Policy reloads by result",
+                &["result"],
+            ),
+            config_generation: gauge(
+                &registry,
+                "switchyard_config_generation",
+                "Generation of the running policy (1 = as started)",
+            ),
+            registry,
+        }
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(8192);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!("encoding metrics failed: {e}");
+        }
+        buf
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
