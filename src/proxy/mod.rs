@@ -264,14 +264,16 @@ impl Switchyard {
             )?,
             // A model-less call to a provider's own host (GET /v1/models, files…) goes to it.
             (None, Some(p)) => exchange::direct_plan(p),
-            (None, None) => return Err(ProxyError::new(
-                ErrorCode::InvalidRequest,
-                format!(
+            (None, None) => {
+                return Err(ProxyError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
                     "{method} {} carries no `model`; Switchyard routes by the request body's model",
                     accept::path_only(&path_and_query)
                 ),
-            )
-            .into()),
+                )
+                .into())
+            }
         };
         let req = LlmRequest {
             path_and_query,

@@ -1,0 +1,260 @@
+//! Shared harness for the end-to-end tests: the real `switchyard` binary (proxy and mock
+//! upstream) on loopback ports, killed when the test ends.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// A child process killed on drop; its stderr goes to a log file kept for failures.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid; no memory is touched.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits for exit up to `limit`; the exit status, or None if still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(args: &[&str], log: PathBuf, envs: &[(&str, &str)]) -> Proc {
+    let file = std::fs::File::create(&log).expect("log file");
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .stdout(Stdio::null())
+        .stderr(file)
+        .env("SWITCHYARD_LOG", "info");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    Proc {
+        child: cmd.spawn().expect("spawn switchyard"),
+        log,
+    }
+}
+
+pub fn wait_port(port: u16) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("port {port} never opened");
+}
+
+pub struct Mock {
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl Mock {
+    pub fn start(dir: &Path, extra: &[&str]) -> Mock {
+        let port = free_port();
+        let p = port.to_string();
+        let mut args = vec!["mock-upstream", "--port", &p, "--record"];
+        args.extend_from_slice(extra);
+        let proc = spawn(&args, dir.join(format!("mock-{port}.log")), &[]);
+        wait_port(port);
+        Mock { port, proc }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// What the mock received, oldest first.
+    pub async fn requests(&self) -> Vec<serde_json::Value> {
+        reqwest::get(format!("{}/mock/requests", self.url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn set(&self, knobs: serde_json::Value) {
+        reqwest::Client::new()
+            .post(format!("{}/mock/config", self.url()))
+            .json(&knobs)
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+pub struct Sidecar {
+    pub port: u16,
+    pub admin: u16,
+    pub config: PathBuf,
+    pub proc: Proc,
+}
+
+/// Writes `body` (everything but `listen:`) as the policy and starts the proxy on it.
+pub fn start_proxy(dir: &Path, body: &str) -> Sidecar {
+    let port = free_port();
+    let admin = free_port();
+    let config = dir.join("policy.yaml");
+    write_policy(&config, port, admin, body);
+    let proc = spawn(
+        &["proxy", "--config", config.to_str().unwrap()],
+        dir.join(format!("proxy-{port}.log")),
+        &[],
+    );
+    let s = Sidecar {
+        port,
+        admin,
+        config,
+        proc,
+    };
+    s.wait_ready();
+    s
+}
+
+pub fn write_policy(path: &Path, port: u16, admin: u16, body: &str) {
+    let text =
+        format!("listen: {{ proxy: \"127.0.0.1:{port}\", admin: \"127.0.0.1:{admin}\" }}\n{body}");
+    // Write to a temp file and rename, as editors and Kubernetes do: never a torn read.
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f.sync_all().unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+impl Sidecar {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin)
+    }
+
+    pub fn wait_ready(&self) {
+        let start = Instant::now();
+        let url = format!("{}/readyz", self.admin_url());
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Ok(r) = reqwest::blocking_get(&url) {
+                if r == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("proxy never became ready:\n{}", self.proc.log_text());
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin_url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of one exact series line (`name{labels}`), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics().await, series)
+    }
+
+    pub async fn wait_generation(&self, generation: u64) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if self.metric("switchyard_config_generation").await as u64 >= generation {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "config generation never reached {generation}:\n{}",
+            self.proc.log_text()
+        );
+    }
+}
+
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// A small blocking GET used only while waiting for readiness (no runtime needed).
+mod reqwest {
+    pub use ::reqwest::*;
+
+    pub fn blocking_get(url: &str) -> std::io::Result<u16> {
+        use std::io::{Read, Write};
+        let rest = url.strip_prefix("http://").unwrap_or(url);
+        let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let mut s = std::net::TcpStream::connect(hostport)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        write!(
+            s,
+            "GET /{path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        let code = buf
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        Ok(code)
+    }
+}
+
+pub fn chat_body(model: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": model,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Say hello."}],
+    })
+}
