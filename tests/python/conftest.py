@@ -1,0 +1,99 @@
+"""Fixtures: the real switchyard binary (mock upstream + proxy) on loopback ports."""
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def binary() -> str:
+    explicit = os.environ.get("SWITCHYARD_BIN")
+    if explicit:
+        return explicit
+    target = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))
+    return str(Path(target) / "release" / "switchyard")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 20.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} never answered 200")
+
+
+class Stack:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.procs = []
+        self.mock_port = free_port()
+        self.proxy_port = free_port()
+        self.admin_port = free_port()
+
+    def spawn(self, name, *args):
+        log = open(self.tmp / f"{name}.log", "wb")
+        p = subprocess.Popen([binary(), *args], stdout=subprocess.DEVNULL, stderr=log)
+        self.procs.append(p)
+        return p
+
+    def start(self):
+        self.spawn("mock", "mock-upstream", "--port", str(self.mock_port), "--record",
+                   "--chunks", "6")
+        wait_http(f"http://127.0.0.1:{self.mock_port}/mock/config")
+        cfg = self.tmp / "policy.yaml"
+        cfg.write_text(f"""
+listen: {{ proxy: "127.0.0.1:{self.proxy_port}", admin: "127.0.0.1:{self.admin_port}" }}
+providers:
+  openai:
+    format: openai
+    base_url: "http://127.0.0.1:{self.mock_port}/v1"
+    api_key: sk-injected-by-switchyard
+    intercept: [api.openai.com]
+models:
+  gpt-4o-mini: {{ provider: openai, name: gpt-4o-mini-2024-07-18 }}
+routes:
+  - name: chat
+    match: {{ model: "gpt-4o*" }}
+    strategy: priority
+    targets: [gpt-4o-mini]
+""")
+        self.spawn("proxy", "proxy", "--config", str(cfg))
+        wait_http(f"http://127.0.0.1:{self.admin_port}/readyz")
+        return self
+
+    def upstream_requests(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.mock_port}/mock/requests") as r:
+            return json.load(r)
+
+    def stop(self):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
+@pytest.fixture
+def stack():
+    with tempfile.TemporaryDirectory() as d:
+        s = Stack(Path(d)).start()
+        try:
+            yield s
+        finally:
+            s.stop()
