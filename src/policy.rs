@@ -3,6 +3,7 @@
 
 use ahash::AHashMap;
 use http::header::{HeaderName, HeaderValue};
+use pingora::protocols::tls::CaType;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,8 @@ pub struct Policy {
     pub max_body_bytes: u64,
     pub grace_period: Duration,
     pub threads: usize,
+    /// CA bundle for upstream TLS (read once at start; `None` = OpenSSL's defaults).
+    pub ca_file: Option<String>,
     pub team: String,
     pub service: String,
     pub providers: Vec<Provider>,
@@ -62,6 +65,8 @@ pub struct Provider {
     /// Credential header injected upstream, replacing whatever the client sent.
     pub auth: Option<(HeaderName, HeaderValue)>,
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Trust anchors for this provider only (`ca_file`), else the process-wide bundle.
+    pub ca: Option<Arc<CaType>>,
 }
 
 pub struct Model {

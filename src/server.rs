@@ -5,6 +5,7 @@ use crate::admin::Admin;
 use crate::proxy::Switchyard;
 use crate::shutdown::GracefulStop;
 use crate::state::State;
+use pingora::connectors::ConnectorOptions;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
@@ -19,6 +20,12 @@ pub fn run(config_path: PathBuf) -> Result<(), String> {
     let listen = policy.listen.clone();
     let grace = policy.grace_period;
     let threads = policy.threads;
+    let ca_file = policy.ca_file.clone();
+    if ca_file.is_none() {
+        tracing::warn!(
+            "no system CA bundle found; set server.ca_file or upstream TLS will fail to verify"
+        );
+    }
     let state = State::new(policy, config_path);
 
     let conf = ServerConf {
@@ -31,9 +38,11 @@ pub fn run(config_path: PathBuf) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let mut upstream_opts = ConnectorOptions::from_server_conf(&server.configuration);
+    upstream_opts.ca_file = ca_file;
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Switchyard::new(state.clone()),
+        Switchyard::new(state.clone(), upstream_opts),
         "switchyard proxy",
     );
     proxy.add_tcp(&listen.proxy);

@@ -57,9 +57,18 @@ impl Resolver {
     }
 }
 
-/// Spread connections over every address a name has.
+/// Spread connections over the addresses of the family the resolver ranked first
+/// (getaddrinfo orders by RFC 6724, so a v4-only network is not handed a v6 address).
 fn pick(addrs: &[SocketAddr]) -> SocketAddr {
-    addrs[fastrand::usize(..addrs.len())]
+    let v4 = addrs[0].is_ipv4();
+    let same = addrs.iter().filter(|a| a.is_ipv4() == v4).count();
+    let n = fastrand::usize(..same);
+    addrs
+        .iter()
+        .filter(|a| a.is_ipv4() == v4)
+        .nth(n)
+        .copied()
+        .unwrap_or(addrs[0])
 }
 
 pub async fn peer_for(
@@ -71,12 +80,9 @@ pub async fn peer_for(
         Some(a) => a,
         None => resolver.resolve(&provider.host, provider.port).await?,
     };
-    Ok(peer_at(
-        addr,
-        provider.tls,
-        &provider.host,
-        timeouts.connect,
-    ))
+    let mut peer = peer_at(addr, provider.tls, &provider.host, timeouts.connect);
+    peer.options.ca = provider.ca.clone();
+    Ok(peer)
 }
 
 pub fn peer_at(addr: SocketAddr, tls: bool, sni: &str, connect: Duration) -> HttpPeer {

@@ -11,6 +11,8 @@ use crate::policy::{
 use ahash::AHashMap;
 use expand::{expand_secret, expand_vars, Env};
 use http::header::{HeaderName, HeaderValue};
+use pingora::protocols::tls::CaType;
+use pingora::tls::x509::X509;
 use raw::{RawConfig, RawRoute, RawTarget};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -111,6 +113,13 @@ fn compile(raw: RawConfig, env: &dyn Env, generation: u64) -> Result<Policy, Con
     if raw.server.threads == 0 {
         return Err(ConfigError::new("server.threads", "must be at least 1"));
     }
+    let ca_file = match &raw.server.ca_file {
+        Some(path) => {
+            load_pem(path).map_err(|m| ConfigError::new("server.ca_file", m))?;
+            Some(path.clone())
+        }
+        None => system_ca_bundle(env),
+    };
 
     let team =
         expand_vars(&raw.identity.team, env).map_err(|m| ConfigError::new("identity.team", m))?;
@@ -284,6 +293,7 @@ fn compile(raw: RawConfig, env: &dyn Env, generation: u64) -> Result<Policy, Con
         max_body_bytes: raw.server.max_body_bytes,
         grace_period,
         threads: raw.server.threads,
+        ca_file,
         team,
         service,
         providers,
@@ -351,7 +361,16 @@ fn compile_provider(
         let v = expand_secret(v, env).map_err(|m| ConfigError::new(&f, m))?;
         extra_headers.push((header_name(&f, k)?, header_value(&f, &v)?));
     }
+    let ca = match &rp.ca_file {
+        Some(path) => {
+            Some(Arc::new(load_pem(path).map_err(|m| {
+                ConfigError::new(format!("{field}.ca_file"), m)
+            })?))
+        }
+        None => None,
+    };
     Ok(Provider {
+        ca,
         name: Arc::from(name),
         format,
         tls,
@@ -363,6 +382,32 @@ fn compile_provider(
         auth,
         extra_headers,
     })
+}
+
+/// Certificates of a PEM file; an unreadable or empty file is an error here rather than a
+/// panic inside the TLS connector later.
+fn load_pem(path: &str) -> Result<CaType, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let certs = X509::stack_from_pem(&pem).map_err(|e| format!("{path} is not PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{path} holds no certificate"));
+    }
+    Ok(certs.into_boxed_slice())
+}
+
+/// The system's CA bundle. The vendored OpenSSL looks in its own build prefix, which holds
+/// no certificates on a normal machine, so the bundle is located explicitly.
+fn system_ca_bundle(env: &dyn Env) -> Option<String> {
+    let candidates = [
+        env.var("SSL_CERT_FILE"),
+        Some("/etc/ssl/certs/ca-certificates.crt".into()), // Debian, Ubuntu, Alpine
+        Some("/etc/pki/tls/certs/ca-bundle.crt".into()),   // RHEL, Fedora
+        Some("/etc/ssl/cert.pem".into()),                  // macOS, BSD
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| std::path::Path::new(p).is_file())
 }
 
 /// `https://host[:port][/prefix]` → (tls, host, port, prefix without trailing slash).

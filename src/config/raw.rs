@@ -66,6 +66,10 @@ pub struct ServerOpts {
     /// Worker threads of the proxy service.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// CA bundle that upstream TLS certificates are verified against. Default: the
+    /// system bundle (`$SSL_CERT_FILE`, else the usual Debian/RHEL/Alpine paths).
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 impl Default for ServerOpts {
@@ -74,6 +78,7 @@ impl Default for ServerOpts {
             max_body_bytes: default_max_body(),
             grace_period: default_grace(),
             threads: default_threads(),
+            ca_file: None,
         }
     }
 }
@@ -126,6 +131,10 @@ pub struct RawProvider {
     /// Extra headers sent upstream on every request (e.g. `OpenAI-Organization`).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// PEM file of the CA(s) that sign this provider's certificate (private endpoints);
+    /// replaces the system bundle for this provider.
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

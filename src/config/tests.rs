@@ -135,6 +135,13 @@ fn precise_errors() {
     assert_eq!(e.field, "routes[1].name");
     let e = err("routes: [ { name: a, strategy: priority } ]");
     assert_eq!(e.field, "routes[0].targets");
+    let e = err(&GOOD.replace(
+        "intercept: [api.local.test]",
+        "ca_file: /nonexistent/ca.pem",
+    ));
+    assert_eq!(e.field, "providers.local.ca_file");
+    let e = err("server: { ca_file: /etc/hostname }");
+    assert_eq!(e.field, "server.ca_file");
     let e = err("listen: { proxy: \"localhost\" }");
     assert_eq!(e.field, "listen.proxy");
 }

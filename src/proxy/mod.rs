@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::header;
 use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -31,10 +32,10 @@ pub struct Switchyard {
 }
 
 impl Switchyard {
-    pub fn new(state: Arc<State>) -> Self {
+    pub fn new(state: Arc<State>, options: ConnectorOptions) -> Self {
         Switchyard {
             state,
-            connector: Connector::new(None),
+            connector: Connector::new(Some(options)),
             resolver: Resolver::default(),
         }
     }
