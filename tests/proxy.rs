@@ -635,3 +635,41 @@ fn check_prints_the_table_or_names_the_field() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expect_100_continue_is_answered_before_the_body() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let a = Mock::start(dir.path(), &[]);
+    let b = Mock::start(dir.path(), &[]);
+    let sc = start_proxy(dir.path(), &policy(&a, &b, ""));
+    let body = serde_json::to_vec(
+        &json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "y".repeat(2 << 20)}]}),
+    )
+    .unwrap();
+    let port = sc.port;
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        let mut buf = [0u8; 25];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 100 Continue\r\n\r\n");
+        s.write_all(&body).unwrap();
+        let mut resp = [0u8; 12];
+        s.read_exact(&mut resp).unwrap();
+        assert_eq!(&resp, b"HTTP/1.1 200");
+    })
+    .await
+    .unwrap();
+    let seen = a.requests().await;
+    assert!(
+        seen[0]["headers"].get("expect").is_none(),
+        "Expect is never forwarded"
+    );
+}

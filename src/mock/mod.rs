@@ -48,6 +48,7 @@ struct Mock {
 }
 
 const LOG_CAP: usize = 1000;
+const MAX_BODY: usize = 64 << 20;
 
 /// Runs the mock on `addr` until the process is stopped.
 pub async fn serve(addr: SocketAddr, knobs: Knobs, record: bool) -> std::io::Result<()> {
@@ -66,6 +67,8 @@ pub async fn serve(addr: SocketAddr, knobs: Knobs, record: bool) -> std::io::Res
         .route("/mock/requests", get(requests).delete(clear_requests))
         .route("/mock/config", get(get_config).post(set_config))
         .fallback(not_found)
+        // Providers accept far larger prompts than axum's 2 MiB default.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("mock upstream listening on {}", listener.local_addr()?);
