@@ -19,3 +19,4 @@ pub mod shutdown;
 pub mod state;
 pub mod telemetry;
 pub mod upstream;
+pub mod usage;

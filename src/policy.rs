@@ -18,7 +18,7 @@ pub struct Policy {
     pub threads: usize,
     /// CA bundle for upstream TLS (read once at start; `None` = OpenSSL's defaults).
     pub ca_file: Option<String>,
-    pub team: String,
+    pub team: Arc<str>,
     pub service: String,
     pub providers: Vec<Provider>,
     pub models: Vec<Model>,

@@ -14,6 +14,7 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     pub passthrough_requests: IntCounterVec,
     pub streams_interrupted: IntCounterVec,
+    pub tokens: IntCounterVec,
     pub in_flight: IntGauge,
     pub config_reloads: IntCounterVec,
     pub config_generation: IntGauge,
@@ -128,6 +129,12 @@ impl Metrics {
                 "Responses cut before their end, by the side that cut them",
                 &["side"],
             ),
+            tokens: counter(
+                &registry,
+                "switchyard_tokens_total",
+                "Tokens reported by providers, by type (input, output, cached_input, reasoning)",
+                &["provider", "model", "team", "type"],
+            ),
             in_flight: gauge(
                 &registry,
                 "switchyard_in_flight_requests",
@@ -145,6 +152,21 @@ impl Metrics {
                 "Generation of the running policy (1 = as started)",
             ),
             registry,
+        }
+    }
+
+    pub fn record_usage(&self, provider: &str, model: &str, team: &str, u: &crate::usage::Usage) {
+        for (kind, n) in [
+            ("input", u.input),
+            ("output", u.output),
+            ("cached_input", u.cached_input),
+            ("reasoning", u.reasoning),
+        ] {
+            if n > 0 {
+                self.tokens
+                    .with_label_values(&[provider, model, team, kind])
+                    .inc_by(n);
+            }
         }
     }
 

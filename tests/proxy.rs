@@ -569,6 +569,26 @@ async fn admin_endpoints() {
     ] {
         assert!(m.contains(name), "missing {name} in\n{m}");
     }
+    // Tokens as the upstream reported them: JSON body, then an SSE stream's usage chunk.
+    let out = "switchyard_tokens_total{model=\"small\",provider=\"alpha\",team=\"default\",type=\"output\"}";
+    let input = "switchyard_tokens_total{model=\"small\",provider=\"alpha\",team=\"default\",type=\"input\"}";
+    assert_eq!(metric_value(&m, out), 8.0, "{m}");
+    assert_eq!(metric_value(&m, input), 10.0);
+    let mut body = chat_body("gpt-4o", true);
+    body["stream_options"] = json!({"include_usage": true});
+    let text = client()
+        .post(format!("{}/v1/chat/completions", sc.url()))
+        .header("x-mock-chunks", "5")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert_eq!(sc.metric(out).await, 13.0);
+    assert_eq!(sc.metric(input).await, 20.0);
     let cfg: Value = reqwest::get(format!("{}/config", sc.admin_url()))
         .await
         .unwrap()

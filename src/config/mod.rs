@@ -294,7 +294,7 @@ fn compile(raw: RawConfig, env: &dyn Env, generation: u64) -> Result<Policy, Con
         grace_period,
         threads: raw.server.threads,
         ca_file,
-        team,
+        team: Arc::from(team),
         service,
         providers,
         models,

@@ -11,6 +11,7 @@ use crate::rewrite::{self, BodyProbe};
 use crate::route::{Attempt, Plan};
 use crate::telemetry::AttemptOutcome;
 use crate::upstream;
+use crate::usage::{JsonTail, SseScanner, Usage};
 use bytes::Bytes;
 use http::header;
 use pingora::http::ResponseHeader;
@@ -247,6 +248,7 @@ impl Switchyard {
         let resp = downstream_header(upstream_header, &plan.route, provider, &ctx.model)
             .map_err(Failure::Abort)?;
         ctx.status = resp.status.as_u16();
+        let mut scan = Scan::for_response(&resp);
         if let Err(e) = session.write_response_header(Box::new(resp), false).await {
             self.interrupted("client");
             return Err(Failure::Abort(e));
@@ -254,6 +256,7 @@ impl Switchyard {
         loop {
             match up.read_response_body().await {
                 Ok(Some(chunk)) => {
+                    scan.feed(&chunk);
                     if let Err(e) = session.write_response_body(Some(chunk), false).await {
                         self.interrupted("client");
                         return Err(Failure::Abort(e));
@@ -274,6 +277,11 @@ impl Switchyard {
             self.interrupted("client");
             return Err(Failure::Abort(e));
         }
+        if let Some(u) = scan.finish() {
+            self.state
+                .metrics
+                .record_usage(&provider.name, &ctx.model, &ctx.team, &u);
+        }
         if up.response_done() {
             self.connector
                 .release_http_session(up, peer, Some(POOL_IDLE))
@@ -288,6 +296,49 @@ impl Switchyard {
             .streams_interrupted
             .with_label_values(&[side])
             .inc();
+    }
+}
+
+/// What the relay scans for usage, by response type. Error bodies are not scanned.
+enum Scan {
+    None,
+    Json(JsonTail),
+    Sse(SseScanner),
+}
+
+impl Scan {
+    fn for_response(resp: &ResponseHeader) -> Scan {
+        if !resp.status.is_success() {
+            return Scan::None;
+        }
+        let ct = resp
+            .headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if ct.starts_with(b"text/event-stream") {
+            Scan::Sse(SseScanner::default())
+        } else if ct.starts_with(b"application/json") {
+            Scan::Json(JsonTail::default())
+        } else {
+            Scan::None
+        }
+    }
+
+    fn feed(&mut self, chunk: &[u8]) {
+        match self {
+            Scan::None => {}
+            Scan::Json(t) => t.feed(chunk),
+            Scan::Sse(s) => s.feed(chunk),
+        }
+    }
+
+    fn finish(&self) -> Option<Usage> {
+        match self {
+            Scan::None => None,
+            Scan::Json(t) => t.finish(),
+            Scan::Sse(s) => s.usage,
+        }
     }
 }
 

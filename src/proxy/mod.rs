@@ -50,6 +50,7 @@ pub struct Ctx {
     route: Arc<str>,
     provider: Arc<str>,
     model: Arc<str>,
+    team: Arc<str>,
     status: u16,
 }
 
@@ -69,6 +70,7 @@ impl ProxyHttp for Switchyard {
             route: none_label(),
             provider: none_label(),
             model: none_label(),
+            team: none_label(),
             status: 0,
         }
     }
@@ -78,6 +80,7 @@ impl ProxyHttp for Switchyard {
         ctx.start = Instant::now();
         // One snapshot for the whole request, however many reloads happen meanwhile.
         let policy = self.state.policy.load_full();
+        ctx.team = policy.team.clone();
         match self.handle(session, ctx, &policy).await {
             Ok(Handled::Done) => Ok(true),
             Ok(Handled::Passthrough) => Ok(false),

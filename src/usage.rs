@@ -1,0 +1,263 @@
+//! Token usage read from responses as they are relayed, without holding them back:
+//! OpenAI-format JSON bodies (the `usage` object, last in the document) and SSE streams
+//! (the chunk carrying `usage`), scanned incrementally across TCP chunk boundaries.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input: u64,
+    pub output: u64,
+    pub cached_input: u64,
+    pub reasoning: u64,
+}
+
+#[derive(Deserialize)]
+struct OpenAiUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct CompletionDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+}
+
+impl From<OpenAiUsage> for Usage {
+    fn from(u: OpenAiUsage) -> Self {
+        Usage {
+            input: u.prompt_tokens,
+            output: u.completion_tokens,
+            cached_input: u
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+            reasoning: u
+                .completion_tokens_details
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
+        }
+    }
+}
+
+const KEY: &[u8] = b"\"usage\"";
+
+/// Parses the value after the last `"usage"` key in `buf`. Inside JSON strings quotes are
+/// escaped, so the unescaped byte sequence `"usage"` can only be a key.
+fn usage_after_last_key(buf: &[u8]) -> Option<Usage> {
+    let pos = memrfind(buf, KEY)?;
+    let rest = &buf[pos + KEY.len()..];
+    let rest = skip_ws(rest);
+    let rest = skip_ws(rest.strip_prefix(b":")?);
+    if rest.starts_with(b"null") {
+        return None;
+    }
+    let mut it = serde_json::Deserializer::from_slice(rest).into_iter::<OpenAiUsage>();
+    it.next()?.ok().map(Usage::from)
+}
+
+fn skip_ws(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
+    &b[n..]
+}
+
+fn memrfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if hay.len() < needle.len() {
+        return None;
+    }
+    (0..=hay.len() - needle.len())
+        .rev()
+        .find(|&i| &hay[i..i + needle.len()] == needle)
+}
+
+fn memfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// How much of a JSON response's end is kept: the usage object sits last and is small.
+const JSON_TAIL: usize = 8 * 1024;
+
+/// Keeps the tail of a non-streamed JSON response; usage is parsed once it ends.
+#[derive(Default)]
+pub struct JsonTail {
+    tail: Vec<u8>,
+}
+
+impl JsonTail {
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if chunk.len() >= JSON_TAIL {
+            self.tail.clear();
+            self.tail
+                .extend_from_slice(&chunk[chunk.len() - JSON_TAIL..]);
+            return;
+        }
+        let overflow = (self.tail.len() + chunk.len()).saturating_sub(JSON_TAIL);
+        if overflow > 0 {
+            self.tail.drain(..overflow);
+        }
+        self.tail.extend_from_slice(chunk);
+    }
+
+    pub fn finish(&self) -> Option<Usage> {
+        usage_after_last_key(&self.tail)
+    }
+}
+
+/// Incremental SSE scanner. Only the bytes of an event not yet complete are kept; complete
+/// events are looked at once, and parsed only when they mention `"usage"`.
+#[derive(Default)]
+pub struct SseScanner {
+    pending: Vec<u8>,
+    /// The last two bytes fed, to see a blank line that straddles two chunks.
+    last: [u8; 2],
+    pub usage: Option<Usage>,
+    /// Complete `data:` events seen, `[DONE]` excluded.
+    pub events: u64,
+    pub done: bool,
+}
+
+impl SseScanner {
+    pub fn feed(&mut self, chunk: &[u8]) {
+        let mut start = 0;
+        let mut from = 0;
+        // An event ends with a blank line: "\n\n" or "\n\r\n".
+        while let Some(off) = chunk[from..].iter().position(|&b| b == b'\n') {
+            let i = from + off;
+            let p1 = if i >= 1 { chunk[i - 1] } else { self.last[1] };
+            let p2 = match i {
+                0 => self.last[0],
+                1 => self.last[1],
+                _ => chunk[i - 2],
+            };
+            if p1 == b'\n' || (p1 == b'\r' && p2 == b'\n') {
+                if self.pending.is_empty() {
+                    self.event(&chunk[start..=i]);
+                } else {
+                    let mut ev = std::mem::take(&mut self.pending);
+                    ev.extend_from_slice(&chunk[start..=i]);
+                    self.event(&ev);
+                    ev.clear();
+                    self.pending = ev;
+                }
+                start = i + 1;
+            }
+            from = i + 1;
+        }
+        if start < chunk.len() {
+            self.pending.extend_from_slice(&chunk[start..]);
+        }
+        match chunk.len() {
+            0 => {}
+            1 => self.last = [self.last[1], chunk[0]],
+            n => self.last = [chunk[n - 2], chunk[n - 1]],
+        }
+    }
+
+    fn event(&mut self, ev: &[u8]) {
+        for line in ev.split(|&b| b == b'\n') {
+            let Some(data) = line.strip_prefix(b"data:") else {
+                continue;
+            };
+            let data = skip_ws(data);
+            if data.starts_with(b"[DONE]") {
+                self.done = true;
+                continue;
+            }
+            self.events += 1;
+            if memfind(data, KEY).is_some() {
+                if let Some(u) = usage_after_last_key(data) {
+                    self.usage = Some(u);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const USAGE_CHUNK: &str = r#"data: {"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18,"prompt_tokens_details":{"cached_tokens":3},"completion_tokens_details":{"reasoning_tokens":2}}}"#;
+
+    fn stream() -> String {
+        let mut s = String::new();
+        s.push_str("data: {\"choices\":[{\"delta\":{\"content\":\"say \\\"usage\\\": 5\"}}],\"usage\":null}\n\n");
+        s.push_str(
+            "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+        );
+        s.push_str(USAGE_CHUNK);
+        s.push_str("\n\ndata: [DONE]\n\n");
+        s
+    }
+
+    #[test]
+    fn finds_usage_in_a_stream_split_anywhere() {
+        let s = stream();
+        let expect = Usage {
+            input: 11,
+            output: 7,
+            cached_input: 3,
+            reasoning: 2,
+        };
+        for cut in 0..s.len() {
+            for cut2 in cut..s.len().min(cut + 7) {
+                let mut sc = SseScanner::default();
+                sc.feed(&s.as_bytes()[..cut]);
+                sc.feed(&s.as_bytes()[cut..cut2]);
+                sc.feed(&s.as_bytes()[cut2..]);
+                assert_eq!(sc.usage, Some(expect), "cut at {cut}/{cut2}");
+                assert_eq!(sc.events, 3);
+                assert!(sc.done);
+            }
+        }
+    }
+
+    #[test]
+    fn crlf_events() {
+        let s = stream().replace('\n', "\r\n");
+        let mut sc = SseScanner::default();
+        for b in s.as_bytes().chunks(5) {
+            sc.feed(b);
+        }
+        assert_eq!(sc.usage.map(|u| u.input), Some(11));
+        assert!(sc.done);
+    }
+
+    #[test]
+    fn json_body_usage() {
+        let body = format!(
+            r#"{{"id":"x","choices":[{{"message":{{"content":"{}"}}}}],"usage":{{"prompt_tokens":5,"completion_tokens":9}}}}"#,
+            "a\\\"usage\\\":1 ".repeat(5000)
+        );
+        for size in [1, 100, 4096, 1 << 20] {
+            let mut t = JsonTail::default();
+            for c in body.as_bytes().chunks(size) {
+                t.feed(c);
+            }
+            assert_eq!(
+                t.finish(),
+                Some(Usage {
+                    input: 5,
+                    output: 9,
+                    ..Default::default()
+                })
+            );
+        }
+        let mut t = JsonTail::default();
+        t.feed(br#"{"error":{"message":"x"}}"#);
+        assert_eq!(t.finish(), None);
+    }
+}
