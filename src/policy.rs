@@ -71,7 +71,7 @@ pub struct Provider {
 
 pub struct Model {
     /// Catalog name, what clients ask for.
-    pub alias: String,
+    pub alias: Arc<str>,
     pub provider: usize,
     /// The provider's model id written into the upstream body.
     pub upstream: Arc<str>,
@@ -257,7 +257,7 @@ impl Policy {
                     .join(", "),
                 Strategy::Priority { targets } => targets
                     .iter()
-                    .map(|m| self.models[*m].alias.clone())
+                    .map(|m| self.models[*m].alias.to_string())
                     .collect::<Vec<_>>()
                     .join(" > "),
                 Strategy::Passthrough { provider } => match provider {
@@ -268,7 +268,7 @@ impl Policy {
             let fallbacks = r
                 .fallbacks
                 .iter()
-                .map(|m| self.models[*m].alias.as_str())
+                .map(|m| &*self.models[*m].alias)
                 .collect::<Vec<_>>()
                 .join(", ");
             let _ = writeln!(

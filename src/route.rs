@@ -96,7 +96,7 @@ fn catalog_attempt(policy: &Policy, model: usize) -> Attempt {
     Attempt {
         provider: m.provider,
         upstream_model: Some(m.upstream.clone()),
-        model_label: Arc::from(m.alias.as_str()),
+        model_label: m.alias.clone(),
     }
 }
 

@@ -58,7 +58,7 @@ const KEY: &[u8] = b"\"usage\"";
 /// Parses the value after the last `"usage"` key in `buf`. Inside JSON strings quotes are
 /// escaped, so the unescaped byte sequence `"usage"` can only be a key.
 fn usage_after_last_key(buf: &[u8]) -> Option<Usage> {
-    let pos = memrfind(buf, KEY)?;
+    let pos = KEY_FINDER.rfind(buf)?;
     let rest = &buf[pos + KEY.len()..];
     let rest = skip_ws(rest);
     let rest = skip_ws(rest.strip_prefix(b":")?);
@@ -74,18 +74,9 @@ fn skip_ws(b: &[u8]) -> &[u8] {
     &b[n..]
 }
 
-fn memrfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if hay.len() < needle.len() {
-        return None;
-    }
-    (0..=hay.len() - needle.len())
-        .rev()
-        .find(|&i| &hay[i..i + needle.len()] == needle)
-}
-
-fn memfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
+/// Built once: constructing a searcher per event cost more than the search itself.
+static KEY_FINDER: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(KEY));
 
 /// How much of a JSON response's end is kept: the usage object sits last and is small.
 const JSON_TAIL: usize = 8 * 1024;
@@ -134,7 +125,7 @@ impl SseScanner {
         let mut start = 0;
         let mut from = 0;
         // An event ends with a blank line: "\n\n" or "\n\r\n".
-        while let Some(off) = chunk[from..].iter().position(|&b| b == b'\n') {
+        while let Some(off) = memchr::memchr(b'\n', &chunk[from..]) {
             let i = from + off;
             let p1 = if i >= 1 { chunk[i - 1] } else { self.last[1] };
             let p2 = match i {
@@ -167,7 +158,10 @@ impl SseScanner {
     }
 
     fn event(&mut self, ev: &[u8]) {
-        for line in ev.split(|&b| b == b'\n') {
+        for line in ev
+            .split(|&b| b == b'\n')
+            .filter(|l| l.starts_with(b"data:"))
+        {
             let Some(data) = line.strip_prefix(b"data:") else {
                 continue;
             };
@@ -177,10 +171,8 @@ impl SseScanner {
                 continue;
             }
             self.events += 1;
-            if memfind(data, KEY).is_some() {
-                if let Some(u) = usage_after_last_key(data) {
-                    self.usage = Some(u);
-                }
+            if let Some(u) = usage_after_last_key(data) {
+                self.usage = Some(u);
             }
         }
     }

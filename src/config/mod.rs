@@ -216,7 +216,7 @@ fn compile(raw: RawConfig, env: &dyn Env, generation: u64) -> Result<Policy, Con
         }
         model_index.insert(alias.clone(), models.len());
         models.push(Model {
-            alias: alias.clone(),
+            alias: Arc::from(alias.as_str()),
             provider,
             upstream: Arc::from(upstream),
         });

@@ -10,6 +10,7 @@ use axum::extract::State as AxState;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -72,6 +73,10 @@ pub async fn serve(addr: SocketAddr, knobs: Knobs, record: bool) -> std::io::Res
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("mock upstream listening on {}", listener.local_addr()?);
+    // Without TCP_NODELAY, small SSE events wait on delayed ACKs (~40 ms each).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app).await
 }
 

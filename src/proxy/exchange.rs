@@ -68,7 +68,7 @@ pub fn catalog_listing(policy: &Policy) -> Bytes {
         .iter()
         .map(|m| {
             serde_json::json!({
-                "id": m.alias,
+                "id": &*m.alias,
                 "object": "model",
                 "created": 0,
                 "owned_by": &*policy.providers[m.provider].name,
@@ -204,6 +204,9 @@ impl Switchyard {
                 _ => AttemptError::Connect(e.to_string()),
             })?;
         up.set_read_timeout(Some(timeouts.first_byte));
+        // Pingora's own per-operation timeouts (one timer wheel, no extra tokio timer):
+        // a stalled write or a header that does not come within first_byte fails the attempt.
+        up.set_write_timeout(Some(timeouts.first_byte));
         let exchange = async {
             up.write_request_header(Box::new(header)).await?;
             if !body.is_empty() {
@@ -212,17 +215,15 @@ impl Switchyard {
             up.finish_request_body().await?;
             up.read_response_header().await
         };
-        match tokio::time::timeout(timeouts.first_byte, exchange).await {
-            Err(_) => Err(AttemptError::Timeout(format!(
-                "no response header within {:?}",
-                timeouts.first_byte
-            ))),
-            Ok(Err(e)) if e.etype() == &ReadTimedout => Err(AttemptError::Timeout(e.to_string())),
-            Ok(Err(e)) => Err(AttemptError::Transport {
+        match exchange.await {
+            Err(e) if matches!(e.etype(), ReadTimedout | WriteTimedout) => {
+                Err(AttemptError::Timeout(e.to_string()))
+            }
+            Err(e) => Err(AttemptError::Transport {
                 msg: e.to_string(),
                 reused,
             }),
-            Ok(Ok(())) => {
+            Ok(()) => {
                 up.set_read_timeout(Some(timeouts.idle));
                 Ok((up, peer))
             }

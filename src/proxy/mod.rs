@@ -27,6 +27,8 @@ pub use exchange::LlmRequest;
 
 pub struct Switchyard {
     state: Arc<State>,
+    /// The label of what is not known yet; shared so a new request allocates nothing.
+    none: Arc<str>,
     connector: Connector,
     resolver: Resolver,
 }
@@ -35,6 +37,7 @@ impl Switchyard {
     pub fn new(state: Arc<State>, options: ConnectorOptions) -> Self {
         Switchyard {
             state,
+            none: Arc::from("none"),
             connector: Connector::new(Some(options)),
             resolver: Resolver::default(),
         }
@@ -54,10 +57,6 @@ pub struct Ctx {
     status: u16,
 }
 
-fn none_label() -> Arc<str> {
-    Arc::from("none")
-}
-
 #[async_trait]
 impl ProxyHttp for Switchyard {
     type CTX = Ctx;
@@ -67,13 +66,17 @@ impl ProxyHttp for Switchyard {
             _in_flight: None,
             start: Instant::now(),
             passthrough: None,
-            route: none_label(),
-            provider: none_label(),
-            model: none_label(),
-            team: none_label(),
+            route: self.none.clone(),
+            provider: self.none.clone(),
+            model: self.none.clone(),
+            team: self.none.clone(),
             status: 0,
         }
     }
+
+    /// No downstream modules: responses are relayed as the provider sent them, and the
+    /// (disabled) compression module Pingora adds by default still costs per request.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx._in_flight = Some(InFlight::new(&self.state.metrics.in_flight));
