@@ -3,11 +3,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-// glibc malloc showed up at ~12% of proxy CPU under load, much of it arena-lock contention
-// from buffers freed on another thread than the one that allocated them.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Switchyard: a sidecar proxy for outbound LLM traffic.
 #[derive(Parser)]
 #[command(version, about)]

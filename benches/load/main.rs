@@ -94,11 +94,24 @@ async fn fixed_rate(addr: &str, req: Arc<Vec<u8>>, rate: u64, secs: u64) -> Samp
     let pool: Arc<Mutex<Vec<Conn>>> = Arc::new(Mutex::new(Vec::new()));
     let slots = Arc::new(Semaphore::new(256));
     let results = Arc::new(std::sync::Mutex::new(Sample::default()));
-    let t0 = tokio::time::Instant::now() + Duration::from_millis(50);
+    // Pacing runs on its own OS thread: tokio's timer wheel has 1 ms granularity, which
+    // would bunch requests and add up to a millisecond of fake latency.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let pacer = std::thread::spawn(move || {
+        let t0 = Instant::now() + Duration::from_millis(50);
+        for i in 0..total {
+            let due = t0 + interval * i as u32;
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if tx.send(due).is_err() {
+                break;
+            }
+        }
+    });
     let mut tasks = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let due = t0 + interval * i as u32;
-        tokio::time::sleep_until(due).await;
+    while let Some(due) = rx.recv().await {
         let (pool, slots, results, req, addr) = (
             pool.clone(),
             slots.clone(),
@@ -139,6 +152,7 @@ async fn fixed_rate(addr: &str, req: Arc<Vec<u8>>, rate: u64, secs: u64) -> Samp
             }
         }));
     }
+    let _ = pacer.join();
     for t in tasks {
         let _ = t.await;
     }
