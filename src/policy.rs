@@ -39,12 +39,16 @@ pub struct ListenAddrs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     OpenAi,
+    AzureOpenAi,
+    Anthropic,
 }
 
 impl Format {
     pub fn as_str(self) -> &'static str {
         match self {
             Format::OpenAi => "openai",
+            Format::AzureOpenAi => "azure-openai",
+            Format::Anthropic => "anthropic",
         }
     }
 }
@@ -67,6 +71,8 @@ pub struct Provider {
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     /// Trust anchors for this provider only (`ca_file`), else the process-wide bundle.
     pub ca: Option<Arc<CaType>>,
+    /// Azure OpenAI `api-version` query value.
+    pub api_version: Option<String>,
 }
 
 pub struct Model {
@@ -75,6 +81,8 @@ pub struct Model {
     pub provider: usize,
     /// The provider's model id written into the upstream body.
     pub upstream: Arc<str>,
+    /// Default output limit, for formats that require one (Anthropic's `max_tokens`).
+    pub max_tokens: Option<u32>,
 }
 
 #[derive(Debug, Clone)]

@@ -113,10 +113,9 @@ pub fn upstream_path(provider: &Provider, client_path_and_query: &str) -> String
 pub fn upstream_header(
     client: &RequestHeader,
     provider: &Provider,
-    path_and_query: &str,
+    path: &str,
     body_len: usize,
 ) -> pingora::Result<RequestHeader> {
-    let path = upstream_path(provider, path_and_query);
     let mut req = RequestHeader::build(
         client.method.clone(),
         path.as_bytes(),
@@ -234,7 +233,8 @@ mod tests {
         client
             .insert_header("openai-beta", "assistants=v2")
             .unwrap();
-        let up = upstream_header(&client, &p, "/v1/chat/completions", 42).unwrap();
+        let path = upstream_path(&p, "/v1/chat/completions");
+        let up = upstream_header(&client, &p, &path, 42).unwrap();
         assert_eq!(up.uri.path(), "/v1/chat/completions");
         assert_eq!(up.headers["authorization"], "Bearer sk-prov");
         assert_eq!(up.headers["host"], "api.openai.com");

@@ -24,6 +24,8 @@ pub struct Attempt {
     pub upstream_model: Option<Arc<str>>,
     /// Catalog name (or the client's model for passthrough), for metrics.
     pub model_label: Arc<str>,
+    /// The catalog's default output limit for formats that require one.
+    pub max_tokens: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -97,6 +99,7 @@ fn catalog_attempt(policy: &Policy, model: usize) -> Attempt {
         provider: m.provider,
         upstream_model: Some(m.upstream.clone()),
         model_label: m.alias.clone(),
+        max_tokens: m.max_tokens,
     }
 }
 
@@ -140,6 +143,7 @@ fn plan_route(policy: &Policy, route: &Route, input: &RouteInput<'_>) -> Result<
                 provider,
                 upstream_model: None,
                 model_label: Arc::from(input.model),
+                max_tokens: None,
             });
         }
     }

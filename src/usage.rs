@@ -111,9 +111,7 @@ impl JsonTail {
 /// events are looked at once, and parsed only when they mention `"usage"`.
 #[derive(Default)]
 pub struct SseScanner {
-    pending: Vec<u8>,
-    /// The last two bytes fed, to see a blank line that straddles two chunks.
-    last: [u8; 2],
+    split: crate::sse::Splitter,
     pub usage: Option<Usage>,
     /// Complete `data:` events seen, `[DONE]` excluded.
     pub events: u64,
@@ -122,39 +120,9 @@ pub struct SseScanner {
 
 impl SseScanner {
     pub fn feed(&mut self, chunk: &[u8]) {
-        let mut start = 0;
-        let mut from = 0;
-        // An event ends with a blank line: "\n\n" or "\n\r\n".
-        while let Some(off) = memchr::memchr(b'\n', &chunk[from..]) {
-            let i = from + off;
-            let p1 = if i >= 1 { chunk[i - 1] } else { self.last[1] };
-            let p2 = match i {
-                0 => self.last[0],
-                1 => self.last[1],
-                _ => chunk[i - 2],
-            };
-            if p1 == b'\n' || (p1 == b'\r' && p2 == b'\n') {
-                if self.pending.is_empty() {
-                    self.event(&chunk[start..=i]);
-                } else {
-                    let mut ev = std::mem::take(&mut self.pending);
-                    ev.extend_from_slice(&chunk[start..=i]);
-                    self.event(&ev);
-                    ev.clear();
-                    self.pending = ev;
-                }
-                start = i + 1;
-            }
-            from = i + 1;
-        }
-        if start < chunk.len() {
-            self.pending.extend_from_slice(&chunk[start..]);
-        }
-        match chunk.len() {
-            0 => {}
-            1 => self.last = [self.last[1], chunk[0]],
-            n => self.last = [chunk[n - 2], chunk[n - 1]],
-        }
+        let mut split = std::mem::take(&mut self.split);
+        split.feed(chunk, |ev| self.event(ev));
+        self.split = split;
     }
 
     fn event(&mut self, ev: &[u8]) {

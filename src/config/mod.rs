@@ -23,7 +23,7 @@ use std::time::Duration;
 /// Strategies named in the design that later work will add; rejected by name until then.
 const LATER_STRATEGIES: &[&str] = &["complexity", "cheapest", "fastest", "least-busy"];
 /// Wire formats named in the design that are not translated yet.
-const LATER_FORMATS: &[&str] = &["anthropic", "gemini", "azure-openai"];
+const LATER_FORMATS: &[&str] = &["gemini"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -219,6 +219,7 @@ fn compile(raw: RawConfig, env: &dyn Env, generation: u64) -> Result<Policy, Con
             alias: Arc::from(alias.as_str()),
             provider,
             upstream: Arc::from(upstream),
+            max_tokens: rm.max_tokens,
         });
     }
 
@@ -313,10 +314,12 @@ fn compile_provider(
 ) -> Result<Provider, ConfigError> {
     let format = match rp.format.as_str() {
         "openai" => Format::OpenAi,
+        "azure-openai" => Format::AzureOpenAi,
+        "anthropic" => Format::Anthropic,
         f if LATER_FORMATS.contains(&f) => {
             return Err(ConfigError::new(
                 format!("{field}.format"),
-                format!("format {f:?} is not supported yet (only \"openai\" in this version)"),
+                format!("format {f:?} is not supported yet (openai, azure-openai, anthropic)"),
             ))
         }
         f => {
@@ -350,8 +353,20 @@ fn compile_provider(
             if key.is_empty() {
                 None
             } else {
-                let value = header_value(&format!("{field}.api_key"), &format!("Bearer {key}"))?;
-                Some((http::header::AUTHORIZATION, value))
+                let f = format!("{field}.api_key");
+                Some(match format {
+                    Format::OpenAi => (
+                        http::header::AUTHORIZATION,
+                        header_value(&f, &format!("Bearer {key}"))?,
+                    ),
+                    Format::AzureOpenAi => {
+                        (HeaderName::from_static("api-key"), header_value(&f, &key)?)
+                    }
+                    Format::Anthropic => (
+                        HeaderName::from_static("x-api-key"),
+                        header_value(&f, &key)?,
+                    ),
+                })
             }
         }
     };
@@ -369,8 +384,15 @@ fn compile_provider(
         }
         None => None,
     };
+    if rp.api_version.is_some() && format != Format::AzureOpenAi {
+        return Err(ConfigError::new(
+            format!("{field}.api_version"),
+            "only azure-openai providers take an api_version",
+        ));
+    }
     Ok(Provider {
         ca,
+        api_version: rp.api_version.clone(),
         name: Arc::from(name),
         format,
         tls,

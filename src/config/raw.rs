@@ -135,6 +135,9 @@ pub struct RawProvider {
     /// replaces the system bundle for this provider.
     #[serde(default)]
     pub ca_file: Option<String>,
+    /// Azure OpenAI only: the `api-version` query parameter.
+    #[serde(default)]
+    pub api_version: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -4,6 +4,7 @@
 //! connections dropped mid-stream. Knobs come from the command line, from
 //! `POST /mock/config` at run time, or per request from `x-mock-*` headers.
 
+mod anthropic;
 mod openai;
 
 use axum::extract::State as AxState;
@@ -63,6 +64,16 @@ pub async fn serve(addr: SocketAddr, knobs: Knobs, record: bool) -> std::io::Res
         .route("/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
         .route("/embeddings", post(embeddings))
+        .route("/v1/messages", post(anthropic::messages))
+        // Azure OpenAI: the deployment in the path, `api-version` required.
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(azure_chat),
+        )
+        .route(
+            "/openai/deployments/{deployment}/embeddings",
+            post(azure_embeddings),
+        )
         .route("/v1/models", get(models))
         .route("/models", get(models))
         .route("/mock/requests", get(requests).delete(clear_requests))
@@ -128,6 +139,8 @@ impl Mock {
             "model": body.and_then(|b| b.get("model")).cloned(),
             "stream": body.and_then(|b| b.get("stream")).cloned(),
             "body_bytes": body.map(|b| b.to_string().len()),
+            // Small bodies are kept whole so tests can check a translation field by field.
+            "body": body.filter(|b| b.to_string().len() <= 64 * 1024).cloned(),
         });
         if let Ok(mut log) = self.log.lock() {
             if log.len() == LOG_CAP {
@@ -136,6 +149,43 @@ impl Mock {
             log.push_back(entry);
         }
     }
+}
+
+/// A streamed response of ready-made SSE events, paced and cut by the knobs.
+fn sse_response(events: Vec<bytes::Bytes>, k: &Knobs) -> Response {
+    use axum::body::Body;
+    let delay = std::time::Duration::from_millis(k.chunk_delay_ms);
+    // Events after the first count towards `drop_after`.
+    let drop_at = k.drop_after.map(|d| d as usize + 1);
+    let body = futures_util::stream::unfold(
+        (events.into_iter(), 0usize),
+        move |(mut it, i)| async move {
+            if drop_at == Some(i) {
+                // An error from the body stream makes hyper abort the connection mid-response.
+                return Some((
+                    Err(std::io::Error::other("mock: dropping the connection")),
+                    (it, usize::MAX),
+                ));
+            }
+            if i == usize::MAX {
+                return None;
+            }
+            let ev = it.next()?;
+            if i > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Some((Ok::<bytes::Bytes, std::io::Error>(ev), (it, i + 1)))
+        },
+    );
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(
+            axum::http::header::CONTENT_TYPE,
+            "text/event-stream; charset=utf-8",
+        )
+        .header(axum::http::header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| Response::new(Body::empty()))
 }
 
 async fn delay(ms: u64) {
@@ -173,9 +223,14 @@ fn bad_request(msg: &str) -> Response {
     (StatusCode::BAD_REQUEST, Json(body)).into_response()
 }
 
-async fn chat(AxState(m): St, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn chat(
+    AxState(m): St,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let json: Result<serde_json::Value, _> = serde_json::from_slice(&body);
-    m.record("/v1/chat/completions", &headers, json.as_ref().ok());
+    m.record(&uri.to_string(), &headers, json.as_ref().ok());
     let k = m.knobs_for(&headers);
     delay(k.latency_ms).await;
     if k.status != 0 {
@@ -199,9 +254,57 @@ async fn chat(AxState(m): St, headers: HeaderMap, body: axum::body::Bytes) -> Re
     }
 }
 
-async fn embeddings(AxState(m): St, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+/// Azure answers a missing `api-version` or `api-key` before anything else.
+fn azure_check(
+    headers: &HeaderMap,
+    query: &std::collections::HashMap<String, String>,
+) -> Option<Response> {
+    if !query.contains_key("api-version") {
+        return Some(bad_request("Missing required query parameter: api-version"));
+    }
+    if headers.get("api-key").is_none() {
+        let body = serde_json::json!({"error": {"code": "401", "message": "Access denied due to invalid subscription key or wrong API endpoint."}});
+        return Some((StatusCode::UNAUTHORIZED, Json(body)).into_response());
+    }
+    None
+}
+
+async fn azure_chat(
+    st: St,
+    axum::extract::Path(_deployment): axum::extract::Path<String>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(r) = azure_check(&headers, &q) {
+        return r;
+    }
+    chat(st, uri, headers, body).await
+}
+
+async fn azure_embeddings(
+    st: St,
+    axum::extract::Path(_deployment): axum::extract::Path<String>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(r) = azure_check(&headers, &q) {
+        return r;
+    }
+    embeddings(st, uri, headers, body).await
+}
+
+async fn embeddings(
+    AxState(m): St,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let json: Result<serde_json::Value, _> = serde_json::from_slice(&body);
-    m.record("/v1/embeddings", &headers, json.as_ref().ok());
+    m.record(&uri.to_string(), &headers, json.as_ref().ok());
     let k = m.knobs_for(&headers);
     delay(k.latency_ms).await;
     if k.status != 0 {

@@ -2,14 +2,12 @@
 //! documented API responses.
 
 use super::Knobs;
-use axum::body::Body;
-use axum::http::{header, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{json, Value};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-const WORDS: &[&str] = &[
+pub const WORDS: &[&str] = &[
     "Hello",
     " from",
     " the",
@@ -30,7 +28,7 @@ const WORDS: &[&str] = &[
     ".",
 ];
 
-fn now() -> u64 {
+pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -41,7 +39,7 @@ fn id() -> String {
 }
 
 /// A rough, deterministic token count: about four characters a token, as OpenAI's docs say.
-fn count_tokens(text: &str) -> u64 {
+pub fn count_tokens(text: &str) -> u64 {
     (text.chars().count() as u64).div_ceil(4).max(1)
 }
 
@@ -73,7 +71,7 @@ fn model_of(req: &Value) -> String {
         .to_string()
 }
 
-fn words(n: u32) -> impl Iterator<Item = &'static str> {
+pub fn words(n: u32) -> impl Iterator<Item = &'static str> {
     WORDS.iter().copied().cycle().take(n as usize)
 }
 
@@ -183,36 +181,7 @@ pub fn stream_events(req: &Value, k: &Knobs) -> Vec<Bytes> {
 }
 
 pub fn stream(req: &Value, k: &Knobs) -> Response {
-    let events = stream_events(req, k);
-    let delay = Duration::from_millis(k.chunk_delay_ms);
-    // Chunks after the role chunk count towards `drop_after`.
-    let drop_at = k.drop_after.map(|d| d as usize + 1);
-    let body = futures_util::stream::unfold(
-        (events.into_iter(), 0usize),
-        move |(mut it, i)| async move {
-            if drop_at == Some(i) {
-                // An error from the body stream makes hyper abort the connection mid-response.
-                return Some((
-                    Err(std::io::Error::other("mock: dropping the connection")),
-                    (it, usize::MAX),
-                ));
-            }
-            if i == usize::MAX {
-                return None;
-            }
-            let ev = it.next()?;
-            if i > 0 && !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            Some((Ok::<Bytes, std::io::Error>(ev), (it, i + 1)))
-        },
-    );
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(body))
-        .unwrap_or_else(|_| Response::new(Body::empty()))
+    super::sse_response(stream_events(req, k), k)
 }
 
 pub fn embeddings(req: &Value) -> Value {

@@ -7,14 +7,15 @@
 use super::{Ctx, Failure, Switchyard};
 use crate::error::{ErrorCode, ProxyError};
 use crate::policy::{Policy, Provider, Retry, Timeouts};
-use crate::rewrite::{self, BodyProbe};
+use crate::provider::{self, ClientRequest, Translator};
+use crate::rewrite::BodyProbe;
 use crate::route::{Attempt, Plan};
 use crate::telemetry::AttemptOutcome;
 use crate::upstream;
 use crate::usage::{JsonTail, SseScanner, Usage};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
@@ -23,6 +24,8 @@ use std::time::Duration;
 
 /// How long an upstream connection may sit idle in the pool.
 const POOL_IDLE: Duration = Duration::from_secs(60);
+/// Largest non-streamed provider response collected for translation.
+const MAX_TRANSLATED_BODY: usize = 64 << 20;
 
 pub struct LlmRequest {
     pub path_and_query: String,
@@ -49,6 +52,7 @@ pub fn direct_plan(provider: usize) -> Plan {
             provider,
             upstream_model: None,
             model_label: Arc::from("none"),
+            max_tokens: None,
         }],
         retry: Retry {
             attempts: 1,
@@ -103,14 +107,18 @@ impl Switchyard {
                 metrics.fallbacks.with_label_values(&[&*plan.route]).inc();
             }
 
-            let body = match &req.probe {
-                Some(p) => {
-                    rewrite::with_model(&req.body, &p.model_span, attempt.upstream_model.as_deref())
-                }
-                None => req.body.clone(),
+            let client = ClientRequest {
+                header: session.req_header(),
+                path_and_query: &req.path_and_query,
+                body: &req.body,
+                probe: req.probe.as_ref(),
             };
+            // A request this provider cannot take (e.g. embeddings to Anthropic) is the
+            // client's error, whatever the fallbacks.
+            let out = provider::outbound(provider, &client, attempt)?;
+            let translator = out.translator;
             let result = self
-                .attempt(session, provider, &req.path_and_query, body, &plan.timeouts)
+                .attempt(provider, out.header, out.body, &plan.timeouts)
                 .await;
             let outcome = match &result {
                 Ok((up, _)) => AttemptOutcome::from_status(status_of(up)),
@@ -136,7 +144,13 @@ impl Switchyard {
                         n += 1;
                         continue;
                     }
-                    return self.relay(session, ctx, up, &peer, provider, plan).await;
+                    return match translator {
+                        None => self.relay(session, ctx, up, &peer, provider, plan).await,
+                        Some(t) => {
+                            self.relay_translated(session, ctx, up, &peer, provider, plan, t)
+                                .await
+                        }
+                    };
                 }
                 Err(AttemptError::Transport { msg, reused: true }) if !fresh_retry_used => {
                     // A pooled connection the server had already closed: one more try on a
@@ -183,15 +197,11 @@ impl Switchyard {
     /// Sends one rewritten request and reads the response header.
     async fn attempt(
         &self,
-        session: &Session,
         provider: &Provider,
-        path_and_query: &str,
+        header: RequestHeader,
         body: Bytes,
         timeouts: &Timeouts,
     ) -> Result<(HttpSession, HttpPeer), AttemptError> {
-        let header =
-            rewrite::upstream_header(session.req_header(), provider, path_and_query, body.len())
-                .map_err(|e| AttemptError::Connect(format!("cannot build request: {e}")))?;
         let peer = upstream::peer_for(&self.resolver, provider, timeouts)
             .await
             .map_err(AttemptError::Connect)?;
@@ -291,6 +301,136 @@ impl Switchyard {
         Ok(())
     }
 
+    /// Relays a response in another wire format, translated into OpenAI's as it arrives.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay_translated(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        mut up: HttpSession,
+        peer: &HttpPeer,
+        provider: &Provider,
+        plan: &Plan,
+        mut tr: Box<dyn Translator>,
+    ) -> Result<(), Failure> {
+        let upstream_header = up.response_header().ok_or_else(|| {
+            Failure::Answer(ProxyError::new(
+                ErrorCode::Internal,
+                "response header missing",
+            ))
+        })?;
+        let status = upstream_header.status;
+        let retry_after = upstream_header.headers.get(header::RETRY_AFTER).cloned();
+        let streaming = status.is_success() && tr.streaming();
+        let mut out = BytesMut::with_capacity(4096);
+        let mut body = Vec::new();
+        if streaming {
+            let mut h = ResponseHeader::build(status, Some(6)).map_err(Failure::Abort)?;
+            let set = |h: &mut ResponseHeader| -> pingora::Result<()> {
+                h.insert_header(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")?;
+                h.insert_header(header::CACHE_CONTROL, "no-cache")?;
+                h.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+                add_route_headers(h, &plan.route, provider, &ctx.model)
+            };
+            set(&mut h).map_err(Failure::Abort)?;
+            ctx.status = status.as_u16();
+            if let Err(e) = session.write_response_header(Box::new(h), false).await {
+                self.interrupted("client");
+                return Err(Failure::Abort(e));
+            }
+        }
+        loop {
+            match up.read_response_body().await {
+                Ok(Some(chunk)) => {
+                    if !streaming {
+                        if body.len() + chunk.len() > MAX_TRANSLATED_BODY {
+                            return Err(Failure::Answer(ProxyError::new(
+                                ErrorCode::UpstreamUnavailable,
+                                "provider response too large to translate",
+                            )));
+                        }
+                        body.extend_from_slice(&chunk);
+                        continue;
+                    }
+                    tr.feed(&chunk, &mut out);
+                    if !out.is_empty() {
+                        let bytes = out.split().freeze();
+                        if let Err(e) = session.write_response_body(Some(bytes), false).await {
+                            self.interrupted("client");
+                            return Err(Failure::Abort(e));
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(
+                        provider = &*provider.name,
+                        "upstream broke mid-response: {e}"
+                    );
+                    self.interrupted("upstream");
+                    if streaming {
+                        return Err(Failure::Abort(e));
+                    }
+                    return Err(Failure::Answer(ProxyError::new(
+                        ErrorCode::UpstreamUnavailable,
+                        format!("provider {} broke off its response", provider.name),
+                    )));
+                }
+            }
+        }
+        if !streaming {
+            // Whole body: a translated completion, or the provider's error in OpenAI's shape.
+            let translated = if status.is_success() {
+                tr.feed(&body, &mut out);
+                tr.finish(&mut out);
+                out.split().freeze()
+            } else {
+                match provider::anthropic::error(&body) {
+                    Some(v) => Bytes::from(v.to_string()),
+                    None => Bytes::from(body),
+                }
+            };
+            let mut h = ResponseHeader::build(status, Some(6)).map_err(Failure::Abort)?;
+            let set = |h: &mut ResponseHeader| -> pingora::Result<()> {
+                h.insert_header(header::CONTENT_TYPE, "application/json")?;
+                h.insert_header(header::CONTENT_LENGTH, translated.len().to_string())?;
+                if let Some(v) = retry_after {
+                    h.insert_header(header::RETRY_AFTER, v)?;
+                }
+                add_route_headers(h, &plan.route, provider, &ctx.model)
+            };
+            set(&mut h).map_err(Failure::Abort)?;
+            ctx.status = status.as_u16();
+            if let Err(e) = session.write_response_header(Box::new(h), false).await {
+                self.interrupted("client");
+                return Err(Failure::Abort(e));
+            }
+            if let Err(e) = session.write_response_body(Some(translated), true).await {
+                self.interrupted("client");
+                return Err(Failure::Abort(e));
+            }
+        } else {
+            tr.finish(&mut out);
+            let rest = out.split().freeze();
+            let write = session.write_response_body(Some(rest), true).await;
+            if let Err(e) = write {
+                self.interrupted("client");
+                return Err(Failure::Abort(e));
+            }
+        }
+        if let Some(u) = tr.usage() {
+            self.state
+                .metrics
+                .record_usage(&provider.name, &ctx.model, &ctx.team, &u);
+        }
+        if up.response_done() {
+            self.connector
+                .release_http_session(up, peer, Some(POOL_IDLE))
+                .await;
+        }
+        Ok(())
+    }
+
     fn interrupted(&self, side: &str) {
         self.state
             .metrics
@@ -372,10 +512,20 @@ fn downstream_header(
     if !h.headers.contains_key(header::CONTENT_LENGTH) {
         h.insert_header(header::TRANSFER_ENCODING, "chunked")?;
     }
+    add_route_headers(&mut h, route, provider, model)?;
+    Ok(h)
+}
+
+fn add_route_headers(
+    h: &mut ResponseHeader,
+    route: &str,
+    provider: &Provider,
+    model: &str,
+) -> Result<()> {
     h.insert_header("x-switchyard-route", route)?;
     h.insert_header("x-switchyard-provider", &*provider.name)?;
     if let Ok(v) = http::HeaderValue::from_str(model) {
         h.insert_header("x-switchyard-model", v)?;
     }
-    Ok(h)
+    Ok(())
 }

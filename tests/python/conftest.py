@@ -67,8 +67,13 @@ providers:
     base_url: "http://127.0.0.1:{self.mock_port}/v1"
     api_key: sk-injected-by-switchyard
     intercept: [api.openai.com]
+  claude:
+    format: anthropic
+    base_url: "http://127.0.0.1:{self.mock_port}"
+    api_key: sk-ant-injected-by-switchyard
 models:
   gpt-4o-mini: {{ provider: openai, name: gpt-4o-mini-2024-07-18 }}
+  claude-haiku: {{ provider: claude, name: claude-3-5-haiku-20241022, max_tokens: 1024 }}
 routes:
   - name: chat
     match: {{ model: "gpt-4o*" }}
@@ -82,6 +87,21 @@ routes:
     def upstream_requests(self):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.mock_port}/mock/requests") as r:
             return json.load(r)
+
+    def mock_post(self, path, body, headers=None):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.mock_port}{path}",
+                                     data=json.dumps(body).encode(), method="POST",
+                                     headers={"content-type": "application/json", **(headers or {})})
+        with urllib.request.urlopen(req) as r:
+            return json.load(r)
+
+    def metric(self, series):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics") as r:
+            for line in r.read().decode().splitlines():
+                name, _, value = line.rpartition(" ")
+                if name == series:
+                    return float(value)
+        return 0.0
 
     def stop(self):
         for p in self.procs:

@@ -1,0 +1,214 @@
+//! Provider wire formats. Each turns the client's OpenAI-format request into the request
+//! its provider expects (path, credentials, body) and, where the format differs, translates
+//! the response back: `openai` (and every OpenAI-compatible server) is a passthrough with
+//! the model spliced in; `azure-openai` moves the model into the deployment path;
+//! `anthropic` translates both ways.
+
+pub mod anthropic;
+
+use crate::error::{ErrorCode, ProxyError};
+use crate::policy::{Format, Provider};
+use crate::rewrite::{self, BodyProbe};
+use crate::route::Attempt;
+use crate::usage::Usage;
+use bytes::{Bytes, BytesMut};
+use pingora::http::RequestHeader;
+
+/// Turns upstream response bytes into what the client receives.
+pub trait Translator: Send {
+    /// Upstream bytes in; client bytes appended to `out` (possibly none yet).
+    fn feed(&mut self, chunk: &[u8], out: &mut BytesMut);
+    /// The upstream body ended; append what is left.
+    fn finish(&mut self, out: &mut BytesMut);
+    fn usage(&self) -> Option<Usage>;
+    /// Whether the client receives an SSE stream (else one JSON body).
+    fn streaming(&self) -> bool;
+}
+
+/// One upstream request, ready to send, and how to read its answer.
+pub struct Outbound {
+    pub header: RequestHeader,
+    pub body: Bytes,
+    /// `None`: the response is relayed byte for byte.
+    pub translator: Option<Box<dyn Translator>>,
+}
+
+/// What the client sent, as the exchange holds it.
+pub struct ClientRequest<'a> {
+    pub header: &'a RequestHeader,
+    pub path_and_query: &'a str,
+    pub body: &'a Bytes,
+    pub probe: Option<&'a BodyProbe>,
+}
+
+fn path_only(p: &str) -> &str {
+    p.split_once('?').map_or(p, |(a, _)| a)
+}
+
+pub fn outbound(
+    provider: &Provider,
+    client: &ClientRequest<'_>,
+    attempt: &Attempt,
+) -> Result<Outbound, ProxyError> {
+    let internal = |e: Box<pingora::Error>| {
+        ProxyError::new(
+            ErrorCode::Internal,
+            format!("cannot build the upstream request: {e}"),
+        )
+    };
+    match provider.format {
+        Format::OpenAi => {
+            let body = splice(client, attempt);
+            let path = rewrite::upstream_path(provider, client.path_and_query);
+            let header = rewrite::upstream_header(client.header, provider, &path, body.len())
+                .map_err(internal)?;
+            Ok(Outbound {
+                header,
+                body,
+                translator: None,
+            })
+        }
+        Format::AzureOpenAi => {
+            let body = splice(client, attempt);
+            let deployment = attempt
+                .upstream_model
+                .as_deref()
+                .or(client.probe.map(|p| p.model.as_str()))
+                .ok_or_else(|| {
+                    ProxyError::new(
+                        ErrorCode::InvalidRequest,
+                        "Azure OpenAI needs a model (its deployment)",
+                    )
+                })?;
+            let path = azure_path(provider, client.path_and_query, deployment);
+            let header = rewrite::upstream_header(client.header, provider, &path, body.len())
+                .map_err(internal)?;
+            Ok(Outbound {
+                header,
+                body,
+                translator: None,
+            })
+        }
+        Format::Anthropic => {
+            if path_only(client.path_and_query) != "/v1/chat/completions" {
+                return Err(ProxyError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "provider {} (anthropic) serves chat completions only, not {}",
+                        provider.name,
+                        path_only(client.path_and_query)
+                    ),
+                ));
+            }
+            let req: serde_json::Value = serde_json::from_slice(client.body).map_err(|e| {
+                ProxyError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("request body is not valid JSON: {e}"),
+                )
+            })?;
+            let model = attempt
+                .upstream_model
+                .as_deref()
+                .or(client.probe.map(|p| p.model.as_str()))
+                .unwrap_or_default();
+            let translated = anthropic::request(&req, model, attempt.max_tokens)?;
+            let stream = translated.get("stream").and_then(|v| v.as_bool()) == Some(true);
+            let include_usage = req
+                .pointer("/stream_options/include_usage")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
+            let body = Bytes::from(translated.to_string());
+            let path = format!("{}/v1/messages", provider.base_path);
+            let mut header = rewrite::upstream_header(client.header, provider, &path, body.len())
+                .map_err(internal)?;
+            if !header.headers.contains_key("anthropic-version") {
+                header
+                    .insert_header("anthropic-version", anthropic::VERSION)
+                    .map_err(internal)?;
+            }
+            header
+                .insert_header(http::header::CONTENT_TYPE, "application/json")
+                .map_err(internal)?;
+            let translator: Box<dyn Translator> = if stream {
+                Box::new(anthropic::Stream::new(include_usage))
+            } else {
+                Box::new(anthropic::Whole::default())
+            };
+            Ok(Outbound {
+                header,
+                body,
+                translator: Some(translator),
+            })
+        }
+    }
+}
+
+/// The client's body with the attempt's model spliced in (no re-serialisation).
+fn splice(client: &ClientRequest<'_>, attempt: &Attempt) -> Bytes {
+    match client.probe {
+        Some(p) => rewrite::with_model(
+            client.body,
+            &p.model_span,
+            attempt.upstream_model.as_deref(),
+        ),
+        None => client.body.clone(),
+    }
+}
+
+/// `/v1/chat/completions?x` → `{base}/openai/deployments/{deployment}/chat/completions?x&api-version=V`.
+fn azure_path(provider: &Provider, path_and_query: &str, deployment: &str) -> String {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let rest = path
+        .strip_prefix("/v1")
+        .unwrap_or(path)
+        .trim_start_matches('/');
+    let mut dep = String::with_capacity(deployment.len());
+    for b in deployment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+            dep.push(b as char);
+        } else {
+            dep.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let version = provider.api_version.as_deref().unwrap_or(AZURE_API_VERSION);
+    let mut out = format!("{}/openai/deployments/{dep}/{rest}?", provider.base_path);
+    if !query.is_empty() {
+        out.push_str(query);
+        out.push('&');
+    }
+    out.push_str("api-version=");
+    out.push_str(version);
+    out
+}
+
+/// Azure OpenAI's current GA data-plane version, used when the provider sets none.
+pub const AZURE_API_VERSION: &str = "2024-10-21";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::expand::ProcessEnv;
+
+    #[test]
+    fn azure_paths() {
+        let p = crate::config::from_str(
+            "providers:\n  az: { format: azure-openai, base_url: \"https://acme.openai.azure.com\", api_key: k, api_version: 2024-06-01 }\n",
+            &ProcessEnv,
+            1,
+        )
+        .unwrap();
+        let az = &p.providers[0];
+        assert_eq!(
+            azure_path(az, "/v1/chat/completions", "gpt-4o prod"),
+            "/openai/deployments/gpt-4o%20prod/chat/completions?api-version=2024-06-01"
+        );
+        assert_eq!(
+            azure_path(az, "/v1/embeddings?x=1", "emb"),
+            "/openai/deployments/emb/embeddings?x=1&api-version=2024-06-01"
+        );
+        assert_eq!(az.auth.as_ref().unwrap().0.as_str(), "api-key");
+        assert_eq!(az.auth.as_ref().unwrap().1, "k");
+    }
+}
