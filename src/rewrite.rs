@@ -18,6 +18,8 @@ pub struct BodyProbe {
     /// Byte range of the `model` value (quotes included) in the body.
     pub model_span: Range<usize>,
     pub stream: bool,
+    /// `None`: no `stream_options` in the request; else its `include_usage`.
+    pub include_usage: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -26,6 +28,14 @@ struct Probe<'a> {
     model: Option<&'a RawValue>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
 }
 
 /// Parses the body; `Ok(None)` when it is valid JSON without a `model` string.
@@ -47,7 +57,38 @@ pub fn probe(body: &[u8]) -> Result<Option<BodyProbe>, ProxyError> {
         model,
         model_span: start..start + raw.get().len(),
         stream: p.stream.unwrap_or(false),
+        include_usage: p.stream_options.map(|o| o.include_usage.unwrap_or(false)),
     }))
+}
+
+const INCLUDE_USAGE: &[u8] = br#""stream_options":{"include_usage":true},"#;
+
+/// For a stream whose client did not ask for usage: the body with the model swapped and
+/// `stream_options.include_usage` turned on, so the provider reports usage. `None` when
+/// nothing needs adding.
+pub fn with_usage_requested(body: &Bytes, probe: &BodyProbe, model: Option<&str>) -> Option<Bytes> {
+    if !probe.stream || probe.include_usage == Some(true) {
+        return None;
+    }
+    let open = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    if body[open] != b'{' {
+        return None;
+    }
+    if probe.include_usage.is_some() {
+        // `stream_options` present without include_usage: rare, so rebuild the object.
+        let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        v["stream_options"]["include_usage"] = serde_json::Value::Bool(true);
+        if let Some(m) = model {
+            v["model"] = serde_json::Value::String(m.to_string());
+        }
+        return Some(Bytes::from(v.to_string()));
+    }
+    let spliced = with_model(body, &probe.model_span, model);
+    let mut out = BytesMut::with_capacity(spliced.len() + INCLUDE_USAGE.len());
+    out.extend_from_slice(&spliced[..=open]);
+    out.extend_from_slice(INCLUDE_USAGE);
+    out.extend_from_slice(&spliced[open + 1..]);
+    Some(out.freeze())
 }
 
 /// The body with the model value replaced; the original bytes when there is nothing to swap.
@@ -170,6 +211,35 @@ mod tests {
         );
         assert!(probe(br#"{"input":"x"}"#).unwrap().is_none());
         assert!(probe(b"[1,2]").is_err());
+    }
+
+    #[test]
+    fn usage_is_requested_for_streams_that_did_not_ask() {
+        let body = Bytes::from_static(br#" {"model":"a","stream":true,"messages":[]}"#);
+        let p = probe(&body).unwrap().unwrap();
+        let out = with_usage_requested(&body, &p, Some("b")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["model"], "b");
+        assert_eq!(v["messages"], serde_json::json!([]));
+
+        let asked = Bytes::from_static(
+            br#"{"model":"a","stream":true,"stream_options":{"include_usage":true}}"#,
+        );
+        assert!(with_usage_requested(&asked, &probe(&asked).unwrap().unwrap(), None).is_none());
+        let no_stream = Bytes::from_static(br#"{"model":"a"}"#);
+        assert!(
+            with_usage_requested(&no_stream, &probe(&no_stream).unwrap().unwrap(), None).is_none()
+        );
+        let other = Bytes::from_static(br#"{"model":"a","stream":true,"stream_options":{"x":1}}"#);
+        let out =
+            with_usage_requested(&other, &probe(&other).unwrap().unwrap(), Some("c")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({"x": 1, "include_usage": true})
+        );
+        assert_eq!(v["model"], "c");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub struct Metrics {
     pub passthrough_requests: IntCounterVec,
     pub streams_interrupted: IntCounterVec,
     pub tokens: IntCounterVec,
+    pub partial_usage: IntCounterVec,
     pub in_flight: IntGauge,
     pub config_reloads: IntCounterVec,
     pub config_generation: IntGauge,
@@ -134,6 +135,12 @@ impl Metrics {
                 "switchyard_tokens_total",
                 "Tokens reported by providers, by type (input, output, cached_input, reasoning)",
                 &["provider", "model", "team", "type"],
+            ),
+            partial_usage: counter(
+                &registry,
+                "switchyard_partial_usage_total",
+                "Responses cut before their end whose usage was counted from the deltas streamed",
+                &["provider", "model"],
             ),
             in_flight: gauge(
                 &registry,

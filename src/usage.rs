@@ -55,6 +55,23 @@ impl From<OpenAiUsage> for Usage {
 
 const KEY: &[u8] = b"\"usage\"";
 
+/// An OpenAI stream chunk that only carries usage (`"choices":[]`), as sent when
+/// `stream_options.include_usage` is on.
+pub fn is_usage_only_chunk(data: &[u8]) -> bool {
+    memchr::memmem::find(data, b"\"choices\":[]").is_some() && usage_after_last_key(data).is_some()
+}
+
+pub fn from_chunk(data: &[u8]) -> Option<Usage> {
+    usage_after_last_key(data)
+}
+
+/// A chunk carrying generated text or tool-call arguments: about one token each.
+pub fn is_content_delta(data: &[u8]) -> bool {
+    memchr::memmem::find(data, b"\"content\":\"").is_some_and(|i| data.get(i + 11) != Some(&b'"'))
+        || memchr::memmem::find(data, b"\"arguments\":\"")
+            .is_some_and(|i| data.get(i + 13) != Some(&b'"'))
+}
+
 /// Parses the value after the last `"usage"` key in `buf`. Inside JSON strings quotes are
 /// escaped, so the unescaped byte sequence `"usage"` can only be a key.
 fn usage_after_last_key(buf: &[u8]) -> Option<Usage> {
@@ -115,6 +132,8 @@ pub struct SseScanner {
     pub usage: Option<Usage>,
     /// Complete `data:` events seen, `[DONE]` excluded.
     pub events: u64,
+    /// Events that carried generated content: the output so far if the stream is cut.
+    pub deltas: u64,
     pub done: bool,
 }
 
@@ -139,6 +158,9 @@ impl SseScanner {
                 continue;
             }
             self.events += 1;
+            if is_content_delta(data) {
+                self.deltas += 1;
+            }
             if let Some(u) = usage_after_last_key(data) {
                 self.usage = Some(u);
             }

@@ -280,6 +280,62 @@ async fn streams_pass_through_unbuffered() {
     let text = String::from_utf8(text).unwrap();
     assert_eq!(text.matches("data: ").count(), 5 + 3);
     assert!(text.ends_with("data: [DONE]\n\n"));
+    // The proxy asked the upstream for usage; the client, who did not, never sees it…
+    assert!(!text.contains("\"choices\":[]"), "{text}");
+    assert_eq!(
+        a.requests().await[0]["body"]["stream_options"]["include_usage"],
+        true
+    );
+    // …but it is counted.
+    let out = "switchyard_tokens_total{model=\"small\",provider=\"alpha\",team=\"default\",type=\"output\"}";
+    assert_eq!(sc.metric(out).await, 5.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_disconnects_mid_stream_is_accounted() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Mock::start(dir.path(), &["--chunks", "50", "--chunk-delay-ms", "40"]);
+    let b = Mock::start(dir.path(), &[]);
+    let sc = start_proxy(dir.path(), &policy(&a, &b, ""));
+    let resp = client()
+        .post(format!("{}/v1/chat/completions", sc.url()))
+        .json(&chat_body("gpt-4o", true))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    let mut seen = 0;
+    while let Some(Ok(c)) = stream.next().await {
+        seen += String::from_utf8_lossy(&c)
+            .matches("\"content\":\"")
+            .count();
+        if seen >= 4 {
+            break;
+        }
+    }
+    drop(stream);
+    let start = Instant::now();
+    while sc
+        .metric("switchyard_streams_interrupted_total{side=\"client\"}")
+        .await
+        < 1.0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "client cut never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        sc.metric("switchyard_partial_usage_total{model=\"small\",provider=\"alpha\"}")
+            .await,
+        1.0
+    );
+    let out = sc
+        .metric("switchyard_tokens_total{model=\"small\",provider=\"alpha\",team=\"default\",type=\"output\"}")
+        .await;
+    assert!((4.0..50.0).contains(&out), "partial output tokens {out}");
+    assert_eq!(sc.metric("switchyard_in_flight_requests").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -502,6 +558,16 @@ async fn upstream_dying_mid_stream_cuts_the_client_and_is_counted() {
         sc.metric("switchyard_streams_interrupted_total{side=\"upstream\"}")
             .await,
         1.0
+    );
+    // Still accounted: the three content deltas that reached the client, flagged partial.
+    assert_eq!(
+        sc.metric("switchyard_partial_usage_total{model=\"small\",provider=\"alpha\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        sc.metric("switchyard_tokens_total{model=\"small\",provider=\"alpha\",team=\"default\",type=\"output\"}").await,
+        3.0
     );
     // The proxy is still fine.
     let resp = client()

@@ -160,6 +160,13 @@ fn sse_response(events: Vec<bytes::Bytes>, k: &Knobs) -> Response {
     let body = futures_util::stream::unfold(
         (events.into_iter(), 0usize),
         move |(mut it, i)| async move {
+            if i == usize::MAX {
+                return None;
+            }
+            // Pace first, so every event before a drop has reached the socket.
+            if i > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             if drop_at == Some(i) {
                 // An error from the body stream makes hyper abort the connection mid-response.
                 return Some((
@@ -167,13 +174,7 @@ fn sse_response(events: Vec<bytes::Bytes>, k: &Knobs) -> Response {
                     (it, usize::MAX),
                 ));
             }
-            if i == usize::MAX {
-                return None;
-            }
             let ev = it.next()?;
-            if i > 0 && !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
             Some((Ok::<bytes::Bytes, std::io::Error>(ev), (it, i + 1)))
         },
     );

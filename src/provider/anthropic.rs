@@ -330,6 +330,10 @@ impl Translator for Whole {
         self.usage
     }
 
+    fn partial_usage(&self) -> Usage {
+        Usage::default()
+    }
+
     fn streaming(&self) -> bool {
         false
     }
@@ -347,6 +351,8 @@ pub struct Stream {
     /// Anthropic content-block index → OpenAI tool_calls index.
     tool_index: Vec<(u64, usize)>,
     finished: bool,
+    /// Text and tool-argument deltas relayed so far.
+    deltas: u64,
 }
 
 impl Stream {
@@ -361,6 +367,7 @@ impl Stream {
             saw_usage: false,
             tool_index: Vec::new(),
             finished: false,
+            deltas: 0,
         }
     }
 
@@ -420,6 +427,7 @@ impl Stream {
                 }
             }
             Some("content_block_delta") => {
+                self.deltas += 1;
                 let d = &ev["delta"];
                 match d.get("type").and_then(Value::as_str) {
                     Some("text_delta") => self.chunk(
@@ -495,7 +503,18 @@ impl Translator for Stream {
     fn finish(&mut self, _out: &mut BytesMut) {}
 
     fn usage(&self) -> Option<Usage> {
-        self.saw_usage.then_some(self.usage)
+        // Complete only once the message ended; before that it is partial.
+        self.finished
+            .then_some(self.usage)
+            .filter(|_| self.saw_usage)
+    }
+
+    fn partial_usage(&self) -> Usage {
+        // message_start already gave the input; output counted from the deltas.
+        Usage {
+            output: self.usage.output.max(self.deltas),
+            ..self.usage
+        }
     }
 
     fn streaming(&self) -> bool {

@@ -5,6 +5,7 @@
 //! `anthropic` translates both ways.
 
 pub mod anthropic;
+pub mod openai;
 
 use crate::error::{ErrorCode, ProxyError};
 use crate::policy::{Format, Provider};
@@ -21,8 +22,15 @@ pub trait Translator: Send {
     /// The upstream body ended; append what is left.
     fn finish(&mut self, out: &mut BytesMut);
     fn usage(&self) -> Option<Usage>;
+    /// What was streamed before a cut, counted from the deltas (provider totals unknown).
+    fn partial_usage(&self) -> Usage;
     /// Whether the client receives an SSE stream (else one JSON body).
     fn streaming(&self) -> bool;
+    /// Same wire format both sides: keep the provider's response headers (request ids,
+    /// rate-limit headers) instead of building new ones.
+    fn keeps_upstream_headers(&self) -> bool {
+        false
+    }
 }
 
 /// One upstream request, ready to send, and how to read its answer.
@@ -58,18 +66,18 @@ pub fn outbound(
     };
     match provider.format {
         Format::OpenAi => {
-            let body = splice(client, attempt);
+            let (body, translator) = openai_body(client, attempt);
             let path = rewrite::upstream_path(provider, client.path_and_query);
             let header = rewrite::upstream_header(client.header, provider, &path, body.len())
                 .map_err(internal)?;
             Ok(Outbound {
                 header,
                 body,
-                translator: None,
+                translator,
             })
         }
         Format::AzureOpenAi => {
-            let body = splice(client, attempt);
+            let (body, translator) = openai_body(client, attempt);
             let deployment = attempt
                 .upstream_model
                 .as_deref()
@@ -86,7 +94,7 @@ pub fn outbound(
             Ok(Outbound {
                 header,
                 body,
-                translator: None,
+                translator,
             })
         }
         Format::Anthropic => {
@@ -143,15 +151,19 @@ pub fn outbound(
     }
 }
 
-/// The client's body with the attempt's model spliced in (no re-serialisation).
-fn splice(client: &ClientRequest<'_>, attempt: &Attempt) -> Bytes {
+/// The client's body with the attempt's model spliced in (no re-serialisation). A stream
+/// that did not ask for usage gets `include_usage` added, and its extra chunk hidden again.
+fn openai_body(
+    client: &ClientRequest<'_>,
+    attempt: &Attempt,
+) -> (Bytes, Option<Box<dyn Translator>>) {
+    let model = attempt.upstream_model.as_deref();
     match client.probe {
-        Some(p) => rewrite::with_model(
-            client.body,
-            &p.model_span,
-            attempt.upstream_model.as_deref(),
-        ),
-        None => client.body.clone(),
+        Some(p) => match rewrite::with_usage_requested(client.body, p, model) {
+            Some(body) => (body, Some(Box::new(openai::HideUsage::default()))),
+            None => (rewrite::with_model(client.body, &p.model_span, model), None),
+        },
+        None => (client.body.clone(), None),
     }
 }
 

@@ -7,6 +7,24 @@ use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::proxy::Session;
 
+/// After a body overflowed the limit, how much more is read and discarded (bounded in size
+/// and time) so the client, still sending, can read the 413 instead of a broken pipe.
+const DRAIN_BYTES: u64 = 8 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn drain(session: &mut Session) {
+    let mut left = DRAIN_BYTES;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            left = left.saturating_sub(chunk.len() as u64);
+            if left == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 fn too_large(limit: u64) -> ProxyError {
     ProxyError::new(
         ErrorCode::PayloadTooLarge,
@@ -45,6 +63,7 @@ pub async fn read(session: &mut Session, limit: u64) -> Result<Bytes, Failure> {
             Ok(Some(chunk)) => {
                 total += chunk.len() as u64;
                 if total > limit {
+                    drain(session).await;
                     return Err(too_large(limit).into());
                 }
                 match first.take() {

@@ -261,7 +261,7 @@ impl Switchyard {
         ctx.status = resp.status.as_u16();
         let mut scan = Scan::for_response(&resp);
         if let Err(e) = session.write_response_header(Box::new(resp), false).await {
-            self.interrupted("client");
+            self.cut("client", ctx, provider, scan.partial());
             return Err(Failure::Abort(e));
         }
         loop {
@@ -269,7 +269,7 @@ impl Switchyard {
                 Ok(Some(chunk)) => {
                     scan.feed(&chunk);
                     if let Err(e) = session.write_response_body(Some(chunk), false).await {
-                        self.interrupted("client");
+                        self.cut("client", ctx, provider, scan.partial());
                         return Err(Failure::Abort(e));
                     }
                 }
@@ -279,13 +279,13 @@ impl Switchyard {
                         provider = &*provider.name,
                         "upstream broke mid-response: {e}"
                     );
-                    self.interrupted("upstream");
+                    self.cut("upstream", ctx, provider, scan.partial());
                     return Err(Failure::Abort(e));
                 }
             }
         }
         if let Err(e) = session.write_response_body(None, true).await {
-            self.interrupted("client");
+            self.cut("client", ctx, provider, scan.partial());
             return Err(Failure::Abort(e));
         }
         if let Some(u) = scan.finish() {
@@ -325,17 +325,32 @@ impl Switchyard {
         let mut out = BytesMut::with_capacity(4096);
         let mut body = Vec::new();
         if streaming {
-            let mut h = ResponseHeader::build(status, Some(6)).map_err(Failure::Abort)?;
-            let set = |h: &mut ResponseHeader| -> pingora::Result<()> {
-                h.insert_header(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")?;
-                h.insert_header(header::CACHE_CONTROL, "no-cache")?;
-                h.insert_header(header::TRANSFER_ENCODING, "chunked")?;
-                add_route_headers(h, &plan.route, provider, &ctx.model)
+            let h = if tr.keeps_upstream_headers() {
+                let mut h = downstream_header(upstream_header, &plan.route, provider, &ctx.model)
+                    .map_err(Failure::Abort)?;
+                h.remove_header(&header::CONTENT_LENGTH);
+                h.insert_header(header::TRANSFER_ENCODING, "chunked")
+                    .map_err(Failure::Abort)?;
+                h
+            } else {
+                let mut h = ResponseHeader::build(status, Some(6)).map_err(Failure::Abort)?;
+                let set = |h: &mut ResponseHeader| -> pingora::Result<()> {
+                    h.insert_header(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")?;
+                    h.insert_header(header::CACHE_CONTROL, "no-cache")?;
+                    h.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+                    add_route_headers(h, &plan.route, provider, &ctx.model)
+                };
+                set(&mut h).map_err(Failure::Abort)?;
+                h
             };
-            set(&mut h).map_err(Failure::Abort)?;
             ctx.status = status.as_u16();
             if let Err(e) = session.write_response_header(Box::new(h), false).await {
-                self.interrupted("client");
+                self.cut(
+                    "client",
+                    ctx,
+                    provider,
+                    tr.usage().unwrap_or_else(|| tr.partial_usage()),
+                );
                 return Err(Failure::Abort(e));
             }
         }
@@ -356,7 +371,12 @@ impl Switchyard {
                     if !out.is_empty() {
                         let bytes = out.split().freeze();
                         if let Err(e) = session.write_response_body(Some(bytes), false).await {
-                            self.interrupted("client");
+                            self.cut(
+                                "client",
+                                ctx,
+                                provider,
+                                tr.usage().unwrap_or_else(|| tr.partial_usage()),
+                            );
                             return Err(Failure::Abort(e));
                         }
                     }
@@ -367,7 +387,12 @@ impl Switchyard {
                         provider = &*provider.name,
                         "upstream broke mid-response: {e}"
                     );
-                    self.interrupted("upstream");
+                    self.cut(
+                        "upstream",
+                        ctx,
+                        provider,
+                        tr.usage().unwrap_or_else(|| tr.partial_usage()),
+                    );
                     if streaming {
                         return Err(Failure::Abort(e));
                     }
@@ -402,11 +427,21 @@ impl Switchyard {
             set(&mut h).map_err(Failure::Abort)?;
             ctx.status = status.as_u16();
             if let Err(e) = session.write_response_header(Box::new(h), false).await {
-                self.interrupted("client");
+                self.cut(
+                    "client",
+                    ctx,
+                    provider,
+                    tr.usage().unwrap_or_else(|| tr.partial_usage()),
+                );
                 return Err(Failure::Abort(e));
             }
             if let Err(e) = session.write_response_body(Some(translated), true).await {
-                self.interrupted("client");
+                self.cut(
+                    "client",
+                    ctx,
+                    provider,
+                    tr.usage().unwrap_or_else(|| tr.partial_usage()),
+                );
                 return Err(Failure::Abort(e));
             }
         } else {
@@ -414,7 +449,12 @@ impl Switchyard {
             let rest = out.split().freeze();
             let write = session.write_response_body(Some(rest), true).await;
             if let Err(e) = write {
-                self.interrupted("client");
+                self.cut(
+                    "client",
+                    ctx,
+                    provider,
+                    tr.usage().unwrap_or_else(|| tr.partial_usage()),
+                );
                 return Err(Failure::Abort(e));
             }
         }
@@ -431,12 +471,22 @@ impl Switchyard {
         Ok(())
     }
 
-    fn interrupted(&self, side: &str) {
-        self.state
-            .metrics
-            .streams_interrupted
-            .with_label_values(&[side])
+    /// A response cut before its end, by `side`: counted, and what was streamed so far
+    /// accounted as partial usage.
+    fn cut(&self, side: &str, ctx: &Ctx, provider: &Provider, partial: Usage) {
+        let m = &self.state.metrics;
+        m.streams_interrupted.with_label_values(&[side]).inc();
+        m.partial_usage
+            .with_label_values(&[&*provider.name, &*ctx.model])
             .inc();
+        m.record_usage(&provider.name, &ctx.model, &ctx.team, &partial);
+        tracing::info!(
+            provider = &*provider.name,
+            model = &*ctx.model,
+            side,
+            output_tokens = partial.output,
+            "response cut; partial usage recorded"
+        );
     }
 }
 
@@ -479,6 +529,17 @@ impl Scan {
             Scan::None => None,
             Scan::Json(t) => t.finish(),
             Scan::Sse(s) => s.usage,
+        }
+    }
+
+    /// Usage so far for a cut response: the provider's if it came, else the deltas.
+    fn partial(&self) -> Usage {
+        match self {
+            Scan::Sse(s) => s.usage.unwrap_or(Usage {
+                output: s.deltas,
+                ..Usage::default()
+            }),
+            _ => Usage::default(),
         }
     }
 }

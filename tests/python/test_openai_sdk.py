@@ -61,3 +61,12 @@ def test_errors_surface_as_sdk_exceptions(stack):
     with pytest.raises(openai.PermissionDeniedError) as e:
         bad.chat.completions.create(model="gpt-4o", messages=MESSAGES)
     assert e.value.code == "host_not_allowed"
+
+
+def test_plain_stream_never_shows_the_usage_chunk(stack):
+    # The sidecar asks the upstream for usage to account the stream; a client that did not
+    # ask must not get the extra choices-less chunk.
+    chunks = list(base_url_client(stack).chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, stream=True))
+    assert chunks and all(c.choices for c in chunks)
+    assert stack.upstream_requests()[-1]["body"]["stream_options"] == {"include_usage": True}
