@@ -124,7 +124,8 @@ fn benches(c: &mut Criterion) {
                 .upstream_attempts
                 .with_label_values(&["openai", "ok"])
                 .inc();
-            metrics.record_usage("openai", "gpt-4o-mini", "default", black_box(&u));
+            let price = switchyard::price::Price::from_usd(0.15, 0.60, None);
+            metrics.record_usage("openai", "gpt-4o-mini", "default", black_box(&u), price);
         })
     });
 }

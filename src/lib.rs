@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod mock;
 pub mod policy;
+pub mod price;
 pub mod provider;
 pub mod proxy;
 pub mod reload;

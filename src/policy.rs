@@ -28,6 +28,8 @@ pub struct Policy {
     pub hosts: AHashMap<String, HostRule>,
     /// The policy as loaded, secrets redacted, for `/config`.
     pub redacted: serde_json::Value,
+    /// List prices, for models routed by name without a catalog entry (passthrough).
+    pub prices: crate::price::Catalog,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +85,8 @@ pub struct Model {
     pub upstream: Arc<str>,
     /// Default output limit, for formats that require one (Anthropic's `max_tokens`).
     pub max_tokens: Option<u32>,
+    /// From the model entry, else the price catalog by provider model id.
+    pub price: Option<crate::price::Price>,
 }
 
 #[derive(Debug, Clone)]

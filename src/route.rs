@@ -26,6 +26,7 @@ pub struct Attempt {
     pub model_label: Arc<str>,
     /// The catalog's default output limit for formats that require one.
     pub max_tokens: Option<u32>,
+    pub price: Option<crate::price::Price>,
 }
 
 #[derive(Debug)]
@@ -100,6 +101,7 @@ fn catalog_attempt(policy: &Policy, model: usize) -> Attempt {
         upstream_model: Some(m.upstream.clone()),
         model_label: m.alias.clone(),
         max_tokens: m.max_tokens,
+        price: m.price,
     }
 }
 
@@ -144,6 +146,7 @@ fn plan_route(policy: &Policy, route: &Route, input: &RouteInput<'_>) -> Result<
                 upstream_model: None,
                 model_label: Arc::from(input.model),
                 max_tokens: None,
+                price: policy.prices.lookup(input.model),
             });
         }
     }

@@ -2,7 +2,8 @@
 //! label sets bounded: route, provider and model come from the policy, never from raw input.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -15,6 +16,7 @@ pub struct Metrics {
     pub passthrough_requests: IntCounterVec,
     pub streams_interrupted: IntCounterVec,
     pub tokens: IntCounterVec,
+    pub cost: CounterVec,
     pub partial_usage: IntCounterVec,
     pub in_flight: IntGauge,
     pub config_reloads: IntCounterVec,
@@ -136,6 +138,20 @@ impl Metrics {
                 "Tokens reported by providers, by type (input, output, cached_input, reasoning)",
                 &["provider", "model", "team", "type"],
             ),
+            cost: {
+                let c = CounterVec::new(
+                    Opts::new(
+                        "switchyard_cost_usd_total",
+                        "Cost at list price of the tokens used, in USD (computed per request in integer micro-dollars)",
+                    ),
+                    &["provider", "model", "team"],
+                )
+                .unwrap_or_else(|e| panic!("cost metric: {e}"));
+                registry
+                    .register(Box::new(c.clone()))
+                    .unwrap_or_else(|e| panic!("cost metric registered twice: {e}"));
+                c
+            },
             partial_usage: counter(
                 &registry,
                 "switchyard_partial_usage_total",
@@ -162,7 +178,26 @@ impl Metrics {
         }
     }
 
-    pub fn record_usage(&self, provider: &str, model: &str, team: &str, u: &crate::usage::Usage) {
+    /// Tokens and, when the model has a price, cost in micro-dollars (returned).
+    pub fn record_usage(
+        &self,
+        provider: &str,
+        model: &str,
+        team: &str,
+        u: &crate::usage::Usage,
+        price: Option<crate::price::Price>,
+    ) -> Option<u64> {
+        let cost = price.map(|p| p.cost_micros(u));
+        if let Some(c) = cost {
+            self.cost
+                .with_label_values(&[provider, model, team])
+                .inc_by(c as f64 / 1e6);
+        }
+        self.record_tokens(provider, model, team, u);
+        cost
+    }
+
+    fn record_tokens(&self, provider: &str, model: &str, team: &str, u: &crate::usage::Usage) {
         for (kind, n) in [
             ("input", u.input),
             ("output", u.output),

@@ -18,7 +18,7 @@ providers:
   alpha: {{ format: openai, base_url: "{a}/v1", api_key: sk-alpha, intercept: [api.openai.com] }}
   beta:  {{ format: openai, base_url: "{b}/v1", api_key: sk-beta }}
 models:
-  small: {{ provider: alpha, name: alpha-small-2024 }}
+  small: {{ provider: alpha, name: alpha-small-2024, price: {{ input: 1.0, output: 2.0 }} }}
   big:   {{ provider: alpha, name: alpha-big-2024 }}
   beta-small: {{ provider: beta, name: beta-small-v1 }}
 routes:
@@ -640,6 +640,9 @@ async fn admin_endpoints() {
     let input = "switchyard_tokens_total{model=\"small\",provider=\"alpha\",team=\"default\",type=\"input\"}";
     assert_eq!(metric_value(&m, out), 8.0, "{m}");
     assert_eq!(metric_value(&m, input), 10.0);
+    // 10 input × $1/M + 8 output × $2/M = 26 micro-dollars.
+    let cost = "switchyard_cost_usd_total{model=\"small\",provider=\"alpha\",team=\"default\"}";
+    assert!((metric_value(&m, cost) - 0.000026).abs() < 1e-12, "{m}");
     let mut body = chat_body("gpt-4o", true);
     body["stream_options"] = json!({"include_usage": true});
     let text = client()

@@ -8,6 +8,7 @@ use crate::policy::{
     Format, HostRule, ListenAddrs, Matcher, Model, Pattern, Policy, Provider, Retry, Route,
     Strategy, Timeouts,
 };
+use crate::price::{Catalog, Price};
 use ahash::AHashMap;
 use expand::{expand_secret, expand_vars, Env};
 use http::header::{HeaderName, HeaderValue};
@@ -57,12 +58,35 @@ impl std::error::Error for ConfigError {}
 pub fn load(path: &Path, generation: u64) -> Result<Policy, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
-    from_str(&text, &expand::ProcessEnv, generation)
+    from_str_in(&text, &expand::ProcessEnv, generation, path.parent())
 }
 
 pub fn from_str(text: &str, env: &dyn Env, generation: u64) -> Result<Policy, ConfigError> {
+    from_str_in(text, env, generation, None)
+}
+
+/// `dir` is where relative paths in the file (the price catalog) are resolved.
+pub fn from_str_in(
+    text: &str,
+    env: &dyn Env,
+    generation: u64,
+    dir: Option<&Path>,
+) -> Result<Policy, ConfigError> {
     let raw: RawConfig = serde_yaml::from_str(text).map_err(yaml_error)?;
-    compile(raw, env, generation)
+    let prices = match &raw.prices {
+        Some(p) => {
+            let path = match dir {
+                Some(d) if Path::new(p).is_relative() => d.join(p),
+                _ => Path::new(p).to_path_buf(),
+            };
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::new("prices", format!("cannot read {}: {e}", path.display()))
+            })?;
+            Catalog::parse(&text).map_err(|m| ConfigError::new("prices", m))?
+        }
+        None => Catalog::default(),
+    };
+    compile(raw, env, generation, prices)
 }
 
 /// serde_yaml reports `path.to.field: message at line L column C`; split the path off.
@@ -93,7 +117,12 @@ fn header_value(field: &str, s: &str) -> Result<HeaderValue, ConfigError> {
         .map_err(|_| ConfigError::new(field, "value is not a valid HTTP header value"))
 }
 
-fn compile(raw: RawConfig, env: &dyn Env, generation: u64) -> Result<Policy, ConfigError> {
+fn compile(
+    raw: RawConfig,
+    env: &dyn Env,
+    generation: u64,
+    prices: Catalog,
+) -> Result<Policy, ConfigError> {
     let redacted = redact(&raw);
 
     for (field, addr) in [
@@ -193,12 +222,12 @@ fn compile(raw: RawConfig, env: &dyn Env, generation: u64) -> Result<Policy, Con
             )
         })?;
         if let Some(price) = &rm.price {
-            let prices = [
+            let checks = [
                 ("input", Some(price.input)),
                 ("output", Some(price.output)),
                 ("cached_input", price.cached_input),
             ];
-            for (k, v) in prices {
+            for (k, v) in checks {
                 if v.is_some_and(|v| !v.is_finite() || v < 0.0) {
                     return Err(ConfigError::new(
                         format!("{field}.price.{k}"),
@@ -218,6 +247,10 @@ fn compile(raw: RawConfig, env: &dyn Env, generation: u64) -> Result<Policy, Con
         models.push(Model {
             alias: Arc::from(alias.as_str()),
             provider,
+            price: match &rm.price {
+                Some(p) => Price::from_usd(p.input, p.output, p.cached_input),
+                None => prices.lookup(&upstream),
+            },
             upstream: Arc::from(upstream),
             max_tokens: rm.max_tokens,
         });
@@ -303,6 +336,7 @@ fn compile(raw: RawConfig, env: &dyn Env, generation: u64) -> Result<Policy, Con
         routes,
         hosts,
         redacted,
+        prices,
     })
 }
 

@@ -27,6 +27,9 @@ pub struct RawConfig {
     pub teams: BTreeMap<String, RawTeam>,
     #[serde(default)]
     pub telemetry: Option<RawTelemetry>,
+    /// Price catalog file (`conf/prices.yaml`), relative to this file's directory.
+    #[serde(default)]
+    pub prices: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -53,6 +53,7 @@ pub fn direct_plan(provider: usize) -> Plan {
             upstream_model: None,
             model_label: Arc::from("none"),
             max_tokens: None,
+            price: None,
         }],
         retry: Retry {
             attempts: 1,
@@ -103,6 +104,7 @@ impl Switchyard {
             let provider = &policy.providers[attempt.provider];
             ctx.provider = provider.name.clone();
             ctx.model = attempt.model_label.clone();
+            ctx.price = attempt.price;
             if n > 0 {
                 metrics.fallbacks.with_label_values(&[&*plan.route]).inc();
             }
@@ -291,7 +293,7 @@ impl Switchyard {
         if let Some(u) = scan.finish() {
             self.state
                 .metrics
-                .record_usage(&provider.name, &ctx.model, &ctx.team, &u);
+                .record_usage(&provider.name, &ctx.model, &ctx.team, &u, ctx.price);
         }
         if up.response_done() {
             self.connector
@@ -415,10 +417,20 @@ impl Switchyard {
                     None => Bytes::from(body),
                 }
             };
-            let mut h = ResponseHeader::build(status, Some(6)).map_err(Failure::Abort)?;
+            let cost = tr
+                .usage()
+                .and_then(|u| ctx.price.map(|p| p.cost_micros(&u)));
+            let mut h = ResponseHeader::build(status, Some(7)).map_err(Failure::Abort)?;
             let set = |h: &mut ResponseHeader| -> pingora::Result<()> {
                 h.insert_header(header::CONTENT_TYPE, "application/json")?;
                 h.insert_header(header::CONTENT_LENGTH, translated.len().to_string())?;
+                if let Some(c) = cost {
+                    // The whole response is known before its header goes out: say its cost.
+                    h.insert_header(
+                        "x-switchyard-cost-usd",
+                        format!("{}.{:06}", c / 1_000_000, c % 1_000_000),
+                    )?;
+                }
                 if let Some(v) = retry_after {
                     h.insert_header(header::RETRY_AFTER, v)?;
                 }
@@ -461,7 +473,7 @@ impl Switchyard {
         if let Some(u) = tr.usage() {
             self.state
                 .metrics
-                .record_usage(&provider.name, &ctx.model, &ctx.team, &u);
+                .record_usage(&provider.name, &ctx.model, &ctx.team, &u, ctx.price);
         }
         if up.response_done() {
             self.connector
@@ -479,7 +491,7 @@ impl Switchyard {
         m.partial_usage
             .with_label_values(&[&*provider.name, &*ctx.model])
             .inc();
-        m.record_usage(&provider.name, &ctx.model, &ctx.team, &partial);
+        m.record_usage(&provider.name, &ctx.model, &ctx.team, &partial, ctx.price);
         tracing::info!(
             provider = &*provider.name,
             model = &*ctx.model,

@@ -54,6 +54,8 @@ pub struct Ctx {
     provider: Arc<str>,
     model: Arc<str>,
     team: Arc<str>,
+    /// Price of the attempt being relayed, for cost accounting.
+    price: Option<crate::price::Price>,
     status: u16,
 }
 
@@ -70,6 +72,7 @@ impl ProxyHttp for Switchyard {
             provider: self.none.clone(),
             model: self.none.clone(),
             team: self.none.clone(),
+            price: None,
             status: 0,
         }
     }

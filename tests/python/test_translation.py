@@ -61,6 +61,11 @@ def test_chat_completion_via_anthropic(stack):
     assert r.usage.completion_tokens == u["output_tokens"]
     assert tokens(stack, "input") == u["input_tokens"]
     assert tokens(stack, "output") == u["output_tokens"]
+    # claude-3-5-haiku list price from conf/prices.yaml: $0.80 in, $4.00 out per million.
+    micros = (u["input_tokens"] * 800_000 + u["output_tokens"] * 4_000_000 + 500_000) // 1_000_000
+    assert raw.headers["x-switchyard-cost-usd"] == "%d.%06d" % (micros // 1_000_000, micros % 1_000_000)
+    cost = stack.metric('switchyard_cost_usd_total{model="claude-haiku",provider="claude",team="default"}')
+    assert abs(cost - micros / 1e6) < 1e-12
 
 
 def test_streaming_tool_call_via_anthropic(stack):
