@@ -10,6 +10,8 @@ pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
+    pub time_to_first_token: HistogramVec,
+    pub proxy_overhead: HistogramVec,
     pub upstream_attempts: IntCounterVec,
     pub fallbacks: IntCounterVec,
     pub errors: IntCounterVec,
@@ -67,6 +69,15 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
     c
 }
 
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["route"])
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    registry
+        .register(Box::new(h.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    h
+}
+
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
     registry
@@ -94,7 +105,21 @@ impl Metrics {
         registry
             .register(Box::new(request_duration.clone()))
             .unwrap_or_else(|e| panic!("histogram registered twice: {e}"));
+        let time_to_first_token = histogram(
+            &registry,
+            "switchyard_time_to_first_token_seconds",
+            "Streamed responses: request start to the first event relayed to the client",
+            vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+        );
+        let proxy_overhead = histogram(
+            &registry,
+            "switchyard_proxy_overhead_seconds",
+            "Time spent in Switchyard itself per request (routing, rewriting, translation), upstream and client waits excluded",
+            vec![0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.05],
+        );
         Metrics {
+            time_to_first_token,
+            proxy_overhead,
             requests: counter(
                 &registry,
                 "switchyard_requests_total",

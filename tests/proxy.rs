@@ -632,6 +632,7 @@ async fn admin_endpoints() {
         "switchyard_upstream_attempts_total{outcome=\"ok\",provider=\"alpha\"} 1",
         "switchyard_in_flight_requests 0",
         "switchyard_config_generation 1",
+        "switchyard_proxy_overhead_seconds_count{route=\"chat\"} 1",
     ] {
         assert!(m.contains(name), "missing {name} in\n{m}");
     }
@@ -657,6 +658,11 @@ async fn admin_endpoints() {
         .unwrap();
     assert!(text.ends_with("data: [DONE]\n\n"));
     assert_eq!(sc.metric(out).await, 13.0);
+    assert_eq!(
+        sc.metric("switchyard_time_to_first_token_seconds_count{route=\"chat\"}")
+            .await,
+        1.0
+    );
     assert_eq!(sc.metric(input).await, 20.0);
     let cfg: Value = reqwest::get(format!("{}/config", sc.admin_url()))
         .await

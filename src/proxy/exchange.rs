@@ -20,7 +20,7 @@ use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long an upstream connection may sit idle in the pool.
 const POOL_IDLE: Duration = Duration::from_secs(60);
@@ -119,9 +119,11 @@ impl Switchyard {
             // client's error, whatever the fallbacks.
             let out = provider::outbound(provider, &client, attempt)?;
             let translator = out.translator;
+            ctx.pause();
             let result = self
                 .attempt(provider, out.header, out.body, &plan.timeouts)
                 .await;
+            ctx.resume();
             let outcome = match &result {
                 Ok((up, _)) => AttemptOutcome::from_status(status_of(up)),
                 Err(AttemptError::Connect(_)) => AttemptOutcome::ConnectError,
@@ -262,14 +264,20 @@ impl Switchyard {
             .map_err(Failure::Abort)?;
         ctx.status = resp.status.as_u16();
         let mut scan = Scan::for_response(&resp);
+        ctx.pause();
         if let Err(e) = session.write_response_header(Box::new(resp), false).await {
             self.cut("client", ctx, provider, scan.partial());
             return Err(Failure::Abort(e));
         }
+        let mut first = scan.is_stream();
         loop {
             match up.read_response_body().await {
                 Ok(Some(chunk)) => {
                     scan.feed(&chunk);
+                    if first {
+                        first = false;
+                        self.first_token(ctx, plan);
+                    }
                     if let Err(e) = session.write_response_body(Some(chunk), false).await {
                         self.cut("client", ctx, provider, scan.partial());
                         return Err(Failure::Abort(e));
@@ -324,6 +332,7 @@ impl Switchyard {
         let status = upstream_header.status;
         let retry_after = upstream_header.headers.get(header::RETRY_AFTER).cloned();
         let streaming = status.is_success() && tr.streaming();
+        let mut first = streaming;
         let mut out = BytesMut::with_capacity(4096);
         let mut body = Vec::new();
         if streaming {
@@ -346,6 +355,7 @@ impl Switchyard {
                 h
             };
             ctx.status = status.as_u16();
+            ctx.pause();
             if let Err(e) = session.write_response_header(Box::new(h), false).await {
                 self.cut(
                     "client",
@@ -355,6 +365,10 @@ impl Switchyard {
                 );
                 return Err(Failure::Abort(e));
             }
+        }
+        if !streaming {
+            // Collecting the provider's answer is upstream wait, not proxy work.
+            ctx.pause();
         }
         loop {
             match up.read_response_body().await {
@@ -369,8 +383,14 @@ impl Switchyard {
                         body.extend_from_slice(&chunk);
                         continue;
                     }
+                    let t = Instant::now();
                     tr.feed(&chunk, &mut out);
+                    ctx.overhead += t.elapsed();
                     if !out.is_empty() {
+                        if first {
+                            first = false;
+                            self.first_token(ctx, plan);
+                        }
                         let bytes = out.split().freeze();
                         if let Err(e) = session.write_response_body(Some(bytes), false).await {
                             self.cut(
@@ -406,6 +426,9 @@ impl Switchyard {
             }
         }
         if !streaming {
+            ctx.resume();
+        }
+        if !streaming {
             // Whole body: a translated completion, or the provider's error in OpenAI's shape.
             let translated = if status.is_success() {
                 tr.feed(&body, &mut out);
@@ -438,6 +461,7 @@ impl Switchyard {
             };
             set(&mut h).map_err(Failure::Abort)?;
             ctx.status = status.as_u16();
+            ctx.pause();
             if let Err(e) = session.write_response_header(Box::new(h), false).await {
                 self.cut(
                     "client",
@@ -483,6 +507,15 @@ impl Switchyard {
         Ok(())
     }
 
+    /// The first bytes of a streamed answer reach the client.
+    fn first_token(&self, ctx: &Ctx, plan: &Plan) {
+        self.state
+            .metrics
+            .time_to_first_token
+            .with_label_values(&[&*plan.route])
+            .observe(ctx.start.elapsed().as_secs_f64());
+    }
+
     /// A response cut before its end, by `side`: counted, and what was streamed so far
     /// accounted as partial usage.
     fn cut(&self, side: &str, ctx: &Ctx, provider: &Provider, partial: Usage) {
@@ -526,6 +559,10 @@ impl Scan {
         } else {
             Scan::None
         }
+    }
+
+    fn is_stream(&self) -> bool {
+        matches!(self, Scan::Sse(_))
     }
 
     fn feed(&mut self, chunk: &[u8]) {

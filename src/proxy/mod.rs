@@ -57,6 +57,24 @@ pub struct Ctx {
     /// Price of the attempt being relayed, for cost accounting.
     price: Option<crate::price::Price>,
     status: u16,
+    /// Start of the current stretch of proxy-side work (None while waiting on a peer).
+    mark: Option<Instant>,
+    /// Time spent in the proxy itself, upstream and client waits excluded.
+    overhead: Duration,
+}
+
+impl Ctx {
+    /// Ends a stretch of proxy-side work (before waiting on the upstream or the client).
+    pub(crate) fn pause(&mut self) {
+        if let Some(m) = self.mark.take() {
+            self.overhead += m.elapsed();
+        }
+    }
+
+    /// Starts a stretch of proxy-side work.
+    pub(crate) fn resume(&mut self) {
+        self.mark = Some(Instant::now());
+    }
 }
 
 #[async_trait]
@@ -74,6 +92,8 @@ impl ProxyHttp for Switchyard {
             team: self.none.clone(),
             price: None,
             status: 0,
+            mark: None,
+            overhead: Duration::ZERO,
         }
     }
 
@@ -171,6 +191,11 @@ impl ProxyHttp for Switchyard {
         m.request_duration
             .with_label_values(&[&*ctx.route])
             .observe(ctx.start.elapsed().as_secs_f64());
+        if !ctx.overhead.is_zero() {
+            m.proxy_overhead
+                .with_label_values(&[&*ctx.route])
+                .observe(ctx.overhead.as_secs_f64());
+        }
     }
 }
 
@@ -255,6 +280,8 @@ impl Switchyard {
         }
 
         let body = body::read(session, policy.max_body_bytes).await?;
+        // From here until the upstream is asked, the time is the proxy's own.
+        ctx.mark = Some(Instant::now());
         let probe = if body.is_empty() {
             None
         } else {
