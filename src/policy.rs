@@ -43,6 +43,7 @@ pub enum Format {
     OpenAi,
     AzureOpenAi,
     Anthropic,
+    Gemini,
 }
 
 impl Format {
@@ -51,6 +52,7 @@ impl Format {
             Format::OpenAi => "openai",
             Format::AzureOpenAi => "azure-openai",
             Format::Anthropic => "anthropic",
+            Format::Gemini => "gemini",
         }
     }
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 /// Strategies named in the design that later work will add; rejected by name until then.
 const LATER_STRATEGIES: &[&str] = &["complexity", "cheapest", "fastest", "least-busy"];
 /// Wire formats named in the design that are not translated yet.
-const LATER_FORMATS: &[&str] = &["gemini"];
+const LATER_FORMATS: &[&str] = &[];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -350,16 +350,17 @@ fn compile_provider(
         "openai" => Format::OpenAi,
         "azure-openai" => Format::AzureOpenAi,
         "anthropic" => Format::Anthropic,
+        "gemini" => Format::Gemini,
         f if LATER_FORMATS.contains(&f) => {
             return Err(ConfigError::new(
                 format!("{field}.format"),
-                format!("format {f:?} is not supported yet (openai, azure-openai, anthropic)"),
+                format!("format {f:?} is not supported yet"),
             ))
         }
         f => {
             return Err(ConfigError::new(
                 format!("{field}.format"),
-                format!("unknown format {f:?}"),
+                format!("unknown format {f:?} (openai, azure-openai, anthropic, gemini)"),
             ))
         }
     };
@@ -398,6 +399,10 @@ fn compile_provider(
                     }
                     Format::Anthropic => (
                         HeaderName::from_static("x-api-key"),
+                        header_value(&f, &key)?,
+                    ),
+                    Format::Gemini => (
+                        HeaderName::from_static("x-goog-api-key"),
                         header_value(&f, &key)?,
                     ),
                 })

@@ -5,6 +5,7 @@
 //! `POST /mock/config` at run time, or per request from `x-mock-*` headers.
 
 mod anthropic;
+mod gemini;
 mod openai;
 
 use axum::extract::State as AxState;
@@ -65,6 +66,7 @@ pub async fn serve(addr: SocketAddr, knobs: Knobs, record: bool) -> std::io::Res
         .route("/v1/embeddings", post(embeddings))
         .route("/embeddings", post(embeddings))
         .route("/v1/messages", post(anthropic::messages))
+        .route("/v1beta/models/{*rest}", post(gemini::generate))
         // Azure OpenAI: the deployment in the path, `api-version` required.
         .route(
             "/openai/deployments/{deployment}/chat/completions",

@@ -337,6 +337,10 @@ impl Translator for Whole {
     fn streaming(&self) -> bool {
         false
     }
+
+    fn translate_error(&self, body: &[u8]) -> Option<Value> {
+        error(body)
+    }
 }
 
 /// Streamed: each Anthropic event becomes zero or more OpenAI chunks, as it arrives.
@@ -519,6 +523,10 @@ impl Translator for Stream {
 
     fn streaming(&self) -> bool {
         true
+    }
+
+    fn translate_error(&self, body: &[u8]) -> Option<Value> {
+        error(body)
     }
 }
 

@@ -5,6 +5,7 @@
 //! `anthropic` translates both ways.
 
 pub mod anthropic;
+pub mod gemini;
 pub mod openai;
 
 use crate::error::{ErrorCode, ProxyError};
@@ -30,6 +31,10 @@ pub trait Translator: Send {
     /// rate-limit headers) instead of building new ones.
     fn keeps_upstream_headers(&self) -> bool {
         false
+    }
+    /// The provider's error body in OpenAI's error shape, if it has its own.
+    fn translate_error(&self, _body: &[u8]) -> Option<serde_json::Value> {
+        None
     }
 }
 
@@ -95,6 +100,71 @@ pub fn outbound(
                 header,
                 body,
                 translator,
+            })
+        }
+        Format::Gemini => {
+            if path_only(client.path_and_query) != "/v1/chat/completions" {
+                return Err(ProxyError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "provider {} (gemini) serves chat completions only, not {}",
+                        provider.name,
+                        path_only(client.path_and_query)
+                    ),
+                ));
+            }
+            let req: serde_json::Value = serde_json::from_slice(client.body).map_err(|e| {
+                ProxyError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("request body is not valid JSON: {e}"),
+                )
+            })?;
+            let model = attempt
+                .upstream_model
+                .as_deref()
+                .or(client.probe.map(|p| p.model.as_str()))
+                .unwrap_or_default();
+            let stream = req.get("stream").and_then(|v| v.as_bool()) == Some(true);
+            let include_usage = req
+                .pointer("/stream_options/include_usage")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
+            let body = Bytes::from(gemini::request(&req)?.to_string());
+            let model_path: String = model
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            let path = if stream {
+                format!(
+                    "{}/v1beta/models/{model_path}:streamGenerateContent?alt=sse",
+                    provider.base_path
+                )
+            } else {
+                format!(
+                    "{}/v1beta/models/{model_path}:generateContent",
+                    provider.base_path
+                )
+            };
+            let mut header = rewrite::upstream_header(client.header, provider, &path, body.len())
+                .map_err(internal)?;
+            header
+                .insert_header(http::header::CONTENT_TYPE, "application/json")
+                .map_err(internal)?;
+            let translator: Box<dyn Translator> = if stream {
+                Box::new(gemini::Stream::new(include_usage))
+            } else {
+                Box::new(gemini::Whole::default())
+            };
+            Ok(Outbound {
+                header,
+                body,
+                translator: Some(translator),
             })
         }
         Format::Anthropic => {

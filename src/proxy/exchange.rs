@@ -435,7 +435,7 @@ impl Switchyard {
                 tr.finish(&mut out);
                 out.split().freeze()
             } else {
-                match provider::anthropic::error(&body) {
+                match tr.translate_error(&body) {
                     Some(v) => Bytes::from(v.to_string()),
                     None => Bytes::from(body),
                 }

@@ -71,10 +71,15 @@ providers:
     format: anthropic
     base_url: "http://127.0.0.1:{self.mock_port}"
     api_key: sk-ant-injected-by-switchyard
+  gem:
+    format: gemini
+    base_url: "http://127.0.0.1:{self.mock_port}"
+    api_key: gk-injected-by-switchyard
 prices: "{ROOT / 'conf' / 'prices.yaml'}"
 models:
   gpt-4o-mini: {{ provider: openai, name: gpt-4o-mini-2024-07-18 }}
   claude-haiku: {{ provider: claude, name: claude-3-5-haiku-20241022, max_tokens: 1024 }}
+  gemini-flash: {{ provider: gem, name: gemini-2.5-flash }}
 routes:
   - name: chat
     match: {{ model: "gpt-4o*" }}

@@ -127,3 +127,65 @@ def test_non_streaming_tool_call_round_trip(stack):
     body = stack.upstream_requests()[-1]["body"]
     assert body["messages"][1]["content"][0]["type"] == "tool_use"
     assert body["messages"][2]["content"][0] == {"type": "tool_result", "tool_use_id": call.id, "content": "18C, sunny"}
+
+
+def gemini_usage(stack, seen):
+    """The mock's own answer to the translated request, without streaming."""
+    model = seen["path"].split("/")[-1].split(":")[0]
+    direct = stack.mock_post(f"/v1beta/models/{model}:generateContent", seen["body"], {"x-goog-api-key": "k"})
+    return direct["usageMetadata"]
+
+
+def test_chat_completion_via_gemini(stack):
+    c = client(stack)
+    raw = c.chat.completions.with_raw_response.create(
+        model="gemini-flash",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}],
+        max_tokens=200,
+    )
+    r = raw.parse()
+    assert raw.headers["x-switchyard-provider"] == "gem"
+    assert r.model == "gemini-2.5-flash"
+    assert r.choices[0].message.content.startswith("Hello from the Switchyard")
+    seen = stack.upstream_requests()[-1]
+    assert seen["path"] == "/v1beta/models/gemini-2.5-flash:generateContent"
+    assert seen["headers"]["x-goog-api-key"] == "gk-injected-by-switchyard"
+    assert "authorization" not in seen["headers"]
+    assert seen["body"]["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
+    assert seen["body"]["generationConfig"]["maxOutputTokens"] == 200
+    u = gemini_usage(stack, seen)
+    assert r.usage.prompt_tokens == u["promptTokenCount"]
+    assert r.usage.completion_tokens == u["candidatesTokenCount"]
+    # gemini-2.5-flash list price: $0.30 in, $2.50 out per million.
+    micros = (u["promptTokenCount"] * 300_000 + u["candidatesTokenCount"] * 2_500_000 + 500_000) // 1_000_000
+    assert raw.headers["x-switchyard-cost-usd"] == "%d.%06d" % (micros // 1_000_000, micros % 1_000_000)
+
+
+def test_streaming_via_gemini_with_tool_call(stack):
+    c = client(stack)
+    text = "".join(
+        ch.choices[0].delta.content or ""
+        for ch in c.chat.completions.create(
+            model="gemini-flash", messages=[{"role": "user", "content": "Say hello."}], stream=True)
+        if ch.choices)
+    assert text == "Hello from the Switchyard mock upstream"
+    # (the mock refuses a stream without alt=sse)
+    assert stack.upstream_requests()[-1]["path"].endswith(":streamGenerateContent")
+
+    stream = c.chat.completions.create(
+        model="gemini-flash", messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=[WEATHER_TOOL], stream=True, stream_options={"include_usage": True})
+    name, args, finish, usage = None, "", None, None
+    for ch in stream:
+        usage = ch.usage or usage
+        if not ch.choices:
+            continue
+        for tc in ch.choices[0].delta.tool_calls or []:
+            name = tc.function.name or name
+            args += tc.function.arguments or ""
+        finish = ch.choices[0].finish_reason or finish
+    assert name == "get_weather" and json.loads(args) == {"location": "Paris, France"}
+    assert finish == "tool_calls"
+    u = gemini_usage(stack, stack.upstream_requests()[-1])
+    assert usage.prompt_tokens == u["promptTokenCount"]
+    assert usage.completion_tokens == u["candidatesTokenCount"]
