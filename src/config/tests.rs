@@ -126,7 +126,7 @@ fn precise_errors() {
     assert_eq!(e.field, "models.gpt-4o-mini.provider");
     let e = err(&GOOD.replace(
         "format: openai, base_url: \"http://127",
-        "format: gemini, base_url: \"http://127",
+        "format: cohere, base_url: \"http://127",
     ));
     assert_eq!(e.field, "providers.local.format");
     let e = err(&GOOD.replace("pypi.org", "api.local.test"));
