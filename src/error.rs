@@ -75,6 +75,24 @@ impl ProxyError {
         self.code.status()
     }
 
+    /// The error in Anthropic's shape, for clients of `/v1/messages` (the stable code kept).
+    pub fn anthropic_body(&self) -> Bytes {
+        let kind = match self.code {
+            ErrorCode::InvalidRequest | ErrorCode::MethodNotAllowed => "invalid_request_error",
+            ErrorCode::ModelNotFound => "not_found_error",
+            ErrorCode::HostNotAllowed => "permission_error",
+            ErrorCode::PayloadTooLarge => "request_too_large",
+            ErrorCode::UpstreamUnavailable | ErrorCode::UpstreamTimeout | ErrorCode::Internal => {
+                "api_error"
+            }
+        };
+        let v = serde_json::json!({
+            "type": "error",
+            "error": { "type": kind, "message": self.message, "code": self.code.as_str() }
+        });
+        Bytes::from(v.to_string())
+    }
+
     pub fn body(&self) -> Bytes {
         let v = serde_json::json!({
             "error": {

@@ -532,3 +532,95 @@ impl Translator for Stream {
 
 #[cfg(test)]
 mod tests;
+
+/// Anthropic clients to Anthropic providers: bytes relayed unchanged as they arrive, usage
+/// read on the side (from `message_start`/`message_delta` events, or the JSON body).
+#[derive(Default)]
+pub struct Passthrough {
+    split: sse::Splitter,
+    is_stream: Option<bool>,
+    body: Vec<u8>,
+    usage: Usage,
+    saw_usage: bool,
+    done: bool,
+    deltas: u64,
+}
+
+impl Passthrough {
+    fn event(&mut self, data: &[u8]) {
+        let Ok(ev) = serde_json::from_slice::<Value>(data) else {
+            return;
+        };
+        match ev.get("type").and_then(Value::as_str) {
+            Some("message_start") => {
+                if let Some(u) = ev.pointer("/message/usage") {
+                    self.usage = usage_of(u);
+                    self.saw_usage = true;
+                }
+            }
+            Some("message_delta") => {
+                if let Some(n) = ev.pointer("/usage/output_tokens").and_then(Value::as_u64) {
+                    self.usage.output = n;
+                }
+            }
+            Some("content_block_delta") => self.deltas += 1,
+            Some("message_stop") => self.done = true,
+            _ => {}
+        }
+    }
+}
+
+/// Largest non-streamed Anthropic body kept aside to read its usage.
+const MAX_USAGE_BODY: usize = 16 << 20;
+
+impl Translator for Passthrough {
+    fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) {
+        out.extend_from_slice(chunk);
+        let is_stream = *self
+            .is_stream
+            .get_or_insert_with(|| chunk.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{'));
+        if is_stream {
+            let mut split = std::mem::take(&mut self.split);
+            split.feed(chunk, |ev| {
+                let (_, data) = sse::parse(ev);
+                for d in data {
+                    self.event(d);
+                }
+            });
+            self.split = split;
+        } else if self.body.len() + chunk.len() <= MAX_USAGE_BODY {
+            self.body.extend_from_slice(chunk);
+        }
+    }
+
+    fn finish(&mut self, _out: &mut BytesMut) {
+        if self.is_stream == Some(false) {
+            if let Ok(v) = serde_json::from_slice::<Value>(&self.body) {
+                if let Some(u) = v.get("usage") {
+                    self.usage = usage_of(u);
+                    self.saw_usage = true;
+                    self.done = true;
+                }
+            }
+        }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        (self.saw_usage && self.done).then_some(self.usage)
+    }
+
+    fn partial_usage(&self) -> Usage {
+        Usage {
+            output: self.usage.output.max(self.deltas),
+            ..self.usage
+        }
+    }
+
+    fn streaming(&self) -> bool {
+        true
+    }
+
+    fn keeps_upstream_headers(&self) -> bool {
+        true
+    }
+}

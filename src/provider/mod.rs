@@ -48,10 +48,28 @@ pub struct Outbound {
 
 /// What the client sent, as the exchange holds it.
 pub struct ClientRequest<'a> {
+    /// The API the client speaks: `/v1/messages` is Anthropic's, anything else OpenAI's.
+    pub ingress: Ingress,
     pub header: &'a RequestHeader,
     pub path_and_query: &'a str,
     pub body: &'a Bytes,
     pub probe: Option<&'a BodyProbe>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingress {
+    OpenAi,
+    Anthropic,
+}
+
+impl Ingress {
+    pub fn of_path(path_and_query: &str) -> Ingress {
+        if path_only(path_and_query) == "/v1/messages" {
+            Ingress::Anthropic
+        } else {
+            Ingress::OpenAi
+        }
+    }
 }
 
 fn path_only(p: &str) -> &str {
@@ -69,6 +87,9 @@ pub fn outbound(
             format!("cannot build the upstream request: {e}"),
         )
     };
+    if client.ingress == Ingress::Anthropic {
+        return anthropic_ingress(provider, client, attempt);
+    }
     match provider.format {
         Format::OpenAi => {
             let (body, translator) = openai_body(client, attempt);
@@ -219,6 +240,53 @@ pub fn outbound(
             })
         }
     }
+}
+
+/// `/v1/messages` from an Anthropic client: to an Anthropic provider it passes through with
+/// model and credentials rewritten.
+fn anthropic_ingress(
+    provider: &Provider,
+    client: &ClientRequest<'_>,
+    attempt: &Attempt,
+) -> Result<Outbound, ProxyError> {
+    let internal = |e: Box<pingora::Error>| {
+        ProxyError::new(
+            ErrorCode::Internal,
+            format!("cannot build the upstream request: {e}"),
+        )
+    };
+    if provider.format != Format::Anthropic {
+        return Err(ProxyError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "/v1/messages (Anthropic API) is served by anthropic-format providers only; \
+                 provider {} speaks {}",
+                provider.name,
+                provider.format.as_str()
+            ),
+        ));
+    }
+    let body = match client.probe {
+        Some(p) => rewrite::with_model(
+            client.body,
+            &p.model_span,
+            attempt.upstream_model.as_deref(),
+        ),
+        None => client.body.clone(),
+    };
+    let path = format!("{}{}", provider.base_path, client.path_and_query);
+    let mut header =
+        rewrite::upstream_header(client.header, provider, &path, body.len()).map_err(internal)?;
+    if !header.headers.contains_key("anthropic-version") {
+        header
+            .insert_header("anthropic-version", anthropic::VERSION)
+            .map_err(internal)?;
+    }
+    Ok(Outbound {
+        header,
+        body,
+        translator: Some(Box::new(anthropic::Passthrough::default())),
+    })
 }
 
 /// The client's body with the attempt's model spliced in (no re-serialisation). A stream

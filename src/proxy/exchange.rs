@@ -110,6 +110,7 @@ impl Switchyard {
             }
 
             let client = ClientRequest {
+                ingress: provider::Ingress::of_path(&req.path_and_query),
                 header: session.req_header(),
                 path_and_query: &req.path_and_query,
                 body: &req.body,

@@ -56,6 +56,8 @@ pub struct Ctx {
     team: Arc<str>,
     /// Price of the attempt being relayed, for cost accounting.
     price: Option<crate::price::Price>,
+    /// The client speaks Anthropic's API (`/v1/messages`): errors in its shape.
+    anthropic_client: bool,
     status: u16,
     /// Start of the current stretch of proxy-side work (None while waiting on a peer).
     mark: Option<Instant>,
@@ -91,6 +93,7 @@ impl ProxyHttp for Switchyard {
             model: self.none.clone(),
             team: self.none.clone(),
             price: None,
+            anthropic_client: false,
             status: 0,
             mark: None,
             overhead: Duration::ZERO,
@@ -244,6 +247,8 @@ impl Switchyard {
         let target = accept::target(session.req_header())
             .map_err(|m| ProxyError::new(ErrorCode::InvalidRequest, m))?;
         let path_and_query = target.path_and_query.to_string();
+        ctx.anthropic_client = crate::provider::Ingress::of_path(&path_and_query)
+            == crate::provider::Ingress::Anthropic;
         let mut host_provider = None;
         let host = match target.host {
             Some(h) => {
@@ -332,7 +337,12 @@ impl Switchyard {
         } else {
             tracing::debug!(code = e.code.as_str(), "{}", e.message);
         }
-        self.send_json(session, ctx, e.status(), e.body()).await
+        let body = if ctx.anthropic_client {
+            e.anthropic_body()
+        } else {
+            e.body()
+        };
+        self.send_json(session, ctx, e.status(), body).await
     }
 
     async fn send_json(

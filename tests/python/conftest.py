@@ -71,6 +71,7 @@ providers:
     format: anthropic
     base_url: "http://127.0.0.1:{self.mock_port}"
     api_key: sk-ant-injected-by-switchyard
+    intercept: [api.anthropic.com]
   gem:
     format: gemini
     base_url: "http://127.0.0.1:{self.mock_port}"
