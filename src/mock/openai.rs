@@ -88,9 +88,52 @@ fn usage(prompt: u64, completion: u64) -> Value {
     })
 }
 
+/// The function the mock "decides" to call: the first tool offered (or the one named by
+/// tool_choice), unless tool_choice is "none" or the last message is already a tool result.
+fn tool_to_call(req: &Value) -> Option<String> {
+    let tools = req.get("tools")?.as_array()?;
+    if req.get("tool_choice").and_then(Value::as_str) == Some("none") {
+        return None;
+    }
+    let last_role = req
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last())
+        .and_then(|m| m.get("role"))
+        .and_then(Value::as_str);
+    if last_role == Some("tool") {
+        return None;
+    }
+    if let Some(n) = req
+        .pointer("/tool_choice/function/name")
+        .and_then(Value::as_str)
+    {
+        return Some(n.to_string());
+    }
+    tools
+        .first()?
+        .pointer("/function/name")?
+        .as_str()
+        .map(str::to_string)
+}
+
+const TOOL_ARGS: &str = r#"{"location": "Paris, France"}"#;
+
 pub fn completion(req: &Value, k: &Knobs) -> Value {
     let n = k.chunks.max(1);
     let text: String = words(n).collect();
+    if let Some(name) = tool_to_call(req) {
+        let out = count_tokens(TOOL_ARGS);
+        return json!({
+            "id": id(), "object": "chat.completion", "created": now(), "model": model_of(req),
+            "system_fingerprint": "fp_mock",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "refusal": null,
+                "tool_calls": [{"id": format!("call_mock{:08x}", fastrand::u32(..)), "type": "function",
+                                "function": {"name": name, "arguments": TOOL_ARGS}}]},
+                "logprobs": null, "finish_reason": "tool_calls"}],
+            "usage": usage(prompt_tokens(req), out),
+        });
+    }
     json!({
         "id": id(),
         "object": "chat.completion",
@@ -143,6 +186,31 @@ pub fn stream_events(req: &Value, k: &Knobs) -> Vec<Bytes> {
     let model = model_of(req);
     let n = k.chunks.max(1);
     let mut events = Vec::with_capacity(n as usize + 4);
+    if let Some(name) = tool_to_call(req) {
+        let c = |delta: Value, finish: Value| {
+            sse(&chunk(&id, created, &model, delta, finish, include_usage))
+        };
+        events.push(c(
+            json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0,
+            "id": format!("call_mock{:08x}", fastrand::u32(..)), "type": "function",
+            "function": {"name": name, "arguments": ""}}]}),
+            Value::Null,
+        ));
+        let (a, b) = TOOL_ARGS.split_at(TOOL_ARGS.len() / 2);
+        for part in [a, b] {
+            events.push(c(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}),
+                Value::Null,
+            ));
+        }
+        events.push(c(json!({}), json!("tool_calls")));
+        if include_usage {
+            events.push(sse(&json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "system_fingerprint": "fp_mock", "choices": [], "usage": usage(prompt_tokens(req), count_tokens(TOOL_ARGS))})));
+        }
+        events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        return events;
+    }
     events.push(sse(&chunk(
         &id,
         created,

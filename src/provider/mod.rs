@@ -6,6 +6,7 @@
 
 pub mod anthropic;
 pub mod gemini;
+pub mod messages;
 pub mod openai;
 
 use crate::error::{ErrorCode, ProxyError};
@@ -255,16 +256,56 @@ fn anthropic_ingress(
             format!("cannot build the upstream request: {e}"),
         )
     };
-    if provider.format != Format::Anthropic {
-        return Err(ProxyError::new(
-            ErrorCode::InvalidRequest,
-            format!(
-                "/v1/messages (Anthropic API) is served by anthropic-format providers only; \
-                 provider {} speaks {}",
-                provider.name,
-                provider.format.as_str()
-            ),
-        ));
+    match provider.format {
+        Format::Anthropic => {}
+        Format::OpenAi | Format::AzureOpenAi => {
+            // Translated: Messages request → chat completion, answer back to Messages.
+            let req: serde_json::Value = serde_json::from_slice(client.body).map_err(|e| {
+                ProxyError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("request body is not valid JSON: {e}"),
+                )
+            })?;
+            let model = attempt
+                .upstream_model
+                .as_deref()
+                .or(client.probe.map(|p| p.model.as_str()))
+                .unwrap_or_default();
+            let translated = messages::request(&req, model)?;
+            let stream = translated.get("stream").and_then(|v| v.as_bool()) == Some(true);
+            let body = Bytes::from(translated.to_string());
+            let path = if provider.format == Format::AzureOpenAi {
+                azure_path(provider, "/v1/chat/completions", model)
+            } else {
+                rewrite::upstream_path(provider, "/v1/chat/completions")
+            };
+            let mut header = rewrite::upstream_header(client.header, provider, &path, body.len())
+                .map_err(internal)?;
+            header.remove_header("anthropic-version");
+            header.remove_header("anthropic-beta");
+            header
+                .insert_header(http::header::CONTENT_TYPE, "application/json")
+                .map_err(internal)?;
+            let translator: Box<dyn Translator> = if stream {
+                Box::new(messages::Stream::default())
+            } else {
+                Box::new(messages::Whole::default())
+            };
+            return Ok(Outbound {
+                header,
+                body,
+                translator: Some(translator),
+            });
+        }
+        Format::Gemini => {
+            return Err(ProxyError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "/v1/messages (Anthropic API) cannot be sent to provider {} (gemini) yet",
+                    provider.name
+                ),
+            ))
+        }
     }
     let body = match client.probe {
         Some(p) => rewrite::with_model(
