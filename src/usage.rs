@@ -207,6 +207,37 @@ mod tests {
         }
     }
 
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/openai/");
+        std::fs::read(format!("{path}{name}")).unwrap()
+    }
+
+    #[test]
+    fn documented_openai_response_and_stream() {
+        let mut t = JsonTail::default();
+        for c in fixture("response.json").chunks(100) {
+            t.feed(c);
+        }
+        assert_eq!(
+            t.finish(),
+            Some(Usage {
+                input: 1117,
+                output: 46,
+                cached_input: 1024,
+                reasoning: 0
+            })
+        );
+        for piece in [1, 3, 64, 1 << 16] {
+            let mut sc = SseScanner::default();
+            for c in fixture("stream-usage.sse").chunks(piece) {
+                sc.feed(c);
+            }
+            assert_eq!(sc.usage.map(|u| (u.input, u.output)), Some((9, 2)));
+            assert_eq!(sc.deltas, 2);
+            assert!(sc.done);
+        }
+    }
+
     #[test]
     fn crlf_events() {
         let s = stream().replace('\n', "\r\n");

@@ -5,6 +5,7 @@
 //! `anthropic` translates both ways.
 
 pub mod anthropic;
+pub mod azure;
 pub mod gemini;
 pub mod messages;
 pub mod openai;
@@ -73,6 +74,20 @@ impl Ingress {
     }
 }
 
+/// A model id as one URL path segment: unreserved bytes kept, the rest percent-encoded
+/// (so `a/b` or a space cannot change the upstream path).
+pub(crate) fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn path_only(p: &str) -> &str {
     p.split_once('?').map_or(p, |(a, _)| a)
 }
@@ -115,7 +130,7 @@ pub fn outbound(
                         "Azure OpenAI needs a model (its deployment)",
                     )
                 })?;
-            let path = azure_path(provider, client.path_and_query, deployment);
+            let path = azure::path(provider, client.path_and_query, deployment);
             let header = rewrite::upstream_header(client.header, provider, &path, body.len())
                 .map_err(internal)?;
             Ok(Outbound {
@@ -152,16 +167,7 @@ pub fn outbound(
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false);
             let body = Bytes::from(gemini::request(&req)?.to_string());
-            let model_path: String = model
-                .bytes()
-                .map(|b| {
-                    if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
-                        (b as char).to_string()
-                    } else {
-                        format!("%{b:02X}")
-                    }
-                })
-                .collect();
+            let model_path = path_segment(model);
             let path = if stream {
                 format!(
                     "{}/v1beta/models/{model_path}:streamGenerateContent?alt=sse",
@@ -275,7 +281,7 @@ fn anthropic_ingress(
             let stream = translated.get("stream").and_then(|v| v.as_bool()) == Some(true);
             let body = Bytes::from(translated.to_string());
             let path = if provider.format == Format::AzureOpenAi {
-                azure_path(provider, "/v1/chat/completions", model)
+                azure::path(provider, "/v1/chat/completions", model)
             } else {
                 rewrite::upstream_path(provider, "/v1/chat/completions")
             };
@@ -343,63 +349,5 @@ fn openai_body(
             None => (rewrite::with_model(client.body, &p.model_span, model), None),
         },
         None => (client.body.clone(), None),
-    }
-}
-
-/// `/v1/chat/completions?x` → `{base}/openai/deployments/{deployment}/chat/completions?x&api-version=V`.
-fn azure_path(provider: &Provider, path_and_query: &str, deployment: &str) -> String {
-    let (path, query) = path_and_query
-        .split_once('?')
-        .unwrap_or((path_and_query, ""));
-    let rest = path
-        .strip_prefix("/v1")
-        .unwrap_or(path)
-        .trim_start_matches('/');
-    let mut dep = String::with_capacity(deployment.len());
-    for b in deployment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
-            dep.push(b as char);
-        } else {
-            dep.push_str(&format!("%{b:02X}"));
-        }
-    }
-    let version = provider.api_version.as_deref().unwrap_or(AZURE_API_VERSION);
-    let mut out = format!("{}/openai/deployments/{dep}/{rest}?", provider.base_path);
-    if !query.is_empty() {
-        out.push_str(query);
-        out.push('&');
-    }
-    out.push_str("api-version=");
-    out.push_str(version);
-    out
-}
-
-/// Azure OpenAI's current GA data-plane version, used when the provider sets none.
-pub const AZURE_API_VERSION: &str = "2024-10-21";
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::expand::ProcessEnv;
-
-    #[test]
-    fn azure_paths() {
-        let p = crate::config::from_str(
-            "providers:\n  az: { format: azure-openai, base_url: \"https://acme.openai.azure.com\", api_key: k, api_version: 2024-06-01 }\n",
-            &ProcessEnv,
-            1,
-        )
-        .unwrap();
-        let az = &p.providers[0];
-        assert_eq!(
-            azure_path(az, "/v1/chat/completions", "gpt-4o prod"),
-            "/openai/deployments/gpt-4o%20prod/chat/completions?api-version=2024-06-01"
-        );
-        assert_eq!(
-            azure_path(az, "/v1/embeddings?x=1", "emb"),
-            "/openai/deployments/emb/embeddings?x=1&api-version=2024-06-01"
-        );
-        assert_eq!(az.auth.as_ref().unwrap().0.as_str(), "api-key");
-        assert_eq!(az.auth.as_ref().unwrap().1, "k");
     }
 }
