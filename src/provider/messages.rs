@@ -235,45 +235,6 @@ pub fn error(body: &[u8]) -> Option<Value> {
     }}))
 }
 
-#[derive(Default)]
-pub struct Whole {
-    body: Vec<u8>,
-    usage: Option<Usage>,
-}
-
-impl Translator for Whole {
-    fn feed(&mut self, chunk: &[u8], _out: &mut BytesMut) {
-        self.body.extend_from_slice(chunk);
-    }
-
-    fn finish(&mut self, out: &mut BytesMut) {
-        match serde_json::from_slice::<Value>(&self.body) {
-            Ok(v) => {
-                let (r, u) = response(&v);
-                self.usage = Some(u);
-                out.extend_from_slice(r.to_string().as_bytes());
-            }
-            Err(_) => out.extend_from_slice(&self.body),
-        }
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        self.usage
-    }
-
-    fn partial_usage(&self) -> Usage {
-        Usage::default()
-    }
-
-    fn streaming(&self) -> bool {
-        false
-    }
-
-    fn translate_error(&self, body: &[u8]) -> Option<Value> {
-        error(body)
-    }
-}
-
 #[derive(PartialEq)]
 enum Block {
     None,

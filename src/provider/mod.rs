@@ -40,6 +40,112 @@ pub trait Translator: Send {
     }
 }
 
+/// A non-streamed answer in another format: collected whole, then translated.
+pub struct Whole {
+    body: Vec<u8>,
+    usage: Option<Usage>,
+    translate: fn(&serde_json::Value) -> (serde_json::Value, Usage),
+    error: fn(&[u8]) -> Option<serde_json::Value>,
+}
+
+impl Whole {
+    pub fn new(
+        translate: fn(&serde_json::Value) -> (serde_json::Value, Usage),
+        error: fn(&[u8]) -> Option<serde_json::Value>,
+    ) -> Self {
+        Whole {
+            body: Vec::new(),
+            usage: None,
+            translate,
+            error,
+        }
+    }
+}
+
+impl Translator for Whole {
+    fn feed(&mut self, chunk: &[u8], _out: &mut BytesMut) {
+        self.body.extend_from_slice(chunk);
+    }
+
+    fn finish(&mut self, out: &mut BytesMut) {
+        match serde_json::from_slice::<serde_json::Value>(&self.body) {
+            Ok(v) => {
+                let (r, u) = (self.translate)(&v);
+                self.usage = Some(u);
+                out.extend_from_slice(r.to_string().as_bytes());
+            }
+            Err(_) => out.extend_from_slice(&self.body),
+        }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    fn partial_usage(&self) -> Usage {
+        Usage::default()
+    }
+
+    fn streaming(&self) -> bool {
+        false
+    }
+
+    fn translate_error(&self, body: &[u8]) -> Option<serde_json::Value> {
+        (self.error)(body)
+    }
+}
+
+/// An OpenAI chat request about to be translated for another format.
+struct Chat<'a> {
+    req: serde_json::Value,
+    /// The provider's model id.
+    model: &'a str,
+    stream: bool,
+    include_usage: bool,
+}
+
+impl<'a> Chat<'a> {
+    fn parse(
+        provider: &Provider,
+        client: &ClientRequest<'a>,
+        attempt: &'a Attempt,
+    ) -> Result<Chat<'a>, ProxyError> {
+        if path_only(client.path_and_query) != "/v1/chat/completions" {
+            return Err(ProxyError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "provider {} ({}) serves chat completions only, not {}",
+                    provider.name,
+                    provider.format.as_str(),
+                    path_only(client.path_and_query)
+                ),
+            ));
+        }
+        let req: serde_json::Value = serde_json::from_slice(client.body).map_err(|e| {
+            ProxyError::new(
+                ErrorCode::InvalidRequest,
+                format!("request body is not valid JSON: {e}"),
+            )
+        })?;
+        let model = attempt
+            .upstream_model
+            .as_deref()
+            .or(client.probe.map(|p| p.model.as_str()))
+            .unwrap_or_default();
+        let stream = req.get("stream").and_then(|v| v.as_bool()) == Some(true);
+        let include_usage = req
+            .pointer("/stream_options/include_usage")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        Ok(Chat {
+            req,
+            model,
+            stream,
+            include_usage,
+        })
+    }
+}
+
 /// One upstream request, ready to send, and how to read its answer.
 pub struct Outbound {
     pub header: RequestHeader,
@@ -140,32 +246,12 @@ pub fn outbound(
             })
         }
         Format::Gemini => {
-            if path_only(client.path_and_query) != "/v1/chat/completions" {
-                return Err(ProxyError::new(
-                    ErrorCode::InvalidRequest,
-                    format!(
-                        "provider {} (gemini) serves chat completions only, not {}",
-                        provider.name,
-                        path_only(client.path_and_query)
-                    ),
-                ));
-            }
-            let req: serde_json::Value = serde_json::from_slice(client.body).map_err(|e| {
-                ProxyError::new(
-                    ErrorCode::InvalidRequest,
-                    format!("request body is not valid JSON: {e}"),
-                )
-            })?;
-            let model = attempt
-                .upstream_model
-                .as_deref()
-                .or(client.probe.map(|p| p.model.as_str()))
-                .unwrap_or_default();
-            let stream = req.get("stream").and_then(|v| v.as_bool()) == Some(true);
-            let include_usage = req
-                .pointer("/stream_options/include_usage")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false);
+            let Chat {
+                req,
+                model,
+                stream,
+                include_usage,
+            } = Chat::parse(provider, client, attempt)?;
             let body = Bytes::from(gemini::request(&req)?.to_string());
             let model_path = path_segment(model);
             let path = if stream {
@@ -187,7 +273,7 @@ pub fn outbound(
             let translator: Box<dyn Translator> = if stream {
                 Box::new(gemini::Stream::new(include_usage))
             } else {
-                Box::new(gemini::Whole::default())
+                Box::new(Whole::new(gemini::response, gemini::error))
             };
             Ok(Outbound {
                 header,
@@ -196,33 +282,13 @@ pub fn outbound(
             })
         }
         Format::Anthropic => {
-            if path_only(client.path_and_query) != "/v1/chat/completions" {
-                return Err(ProxyError::new(
-                    ErrorCode::InvalidRequest,
-                    format!(
-                        "provider {} (anthropic) serves chat completions only, not {}",
-                        provider.name,
-                        path_only(client.path_and_query)
-                    ),
-                ));
-            }
-            let req: serde_json::Value = serde_json::from_slice(client.body).map_err(|e| {
-                ProxyError::new(
-                    ErrorCode::InvalidRequest,
-                    format!("request body is not valid JSON: {e}"),
-                )
-            })?;
-            let model = attempt
-                .upstream_model
-                .as_deref()
-                .or(client.probe.map(|p| p.model.as_str()))
-                .unwrap_or_default();
+            let Chat {
+                req,
+                model,
+                stream,
+                include_usage,
+            } = Chat::parse(provider, client, attempt)?;
             let translated = anthropic::request(&req, model, attempt.max_tokens)?;
-            let stream = translated.get("stream").and_then(|v| v.as_bool()) == Some(true);
-            let include_usage = req
-                .pointer("/stream_options/include_usage")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false);
             let body = Bytes::from(translated.to_string());
             let path = format!("{}/v1/messages", provider.base_path);
             let mut header = rewrite::upstream_header(client.header, provider, &path, body.len())
@@ -238,7 +304,7 @@ pub fn outbound(
             let translator: Box<dyn Translator> = if stream {
                 Box::new(anthropic::Stream::new(include_usage))
             } else {
-                Box::new(anthropic::Whole::default())
+                Box::new(Whole::new(anthropic::response, anthropic::error))
             };
             Ok(Outbound {
                 header,
@@ -295,7 +361,7 @@ fn anthropic_ingress(
             let translator: Box<dyn Translator> = if stream {
                 Box::new(messages::Stream::default())
             } else {
-                Box::new(messages::Whole::default())
+                Box::new(Whole::new(messages::response, messages::error))
             };
             return Ok(Outbound {
                 header,
