@@ -4,7 +4,7 @@
 //! `chat.completion` objects and `chat.completion.chunk` events, tool-call deltas and
 //! finish reasons mapped. Shapes follow docs.anthropic.com (Messages, Streaming Messages).
 
-use super::Translator;
+use super::{push_turn, text_of, Translator};
 use crate::error::{ErrorCode, ProxyError};
 use crate::sse;
 use crate::usage::Usage;
@@ -63,35 +63,6 @@ fn part_block(part: &Value) -> Result<Value, ProxyError> {
     }
 }
 
-fn text_of(content: &Value) -> String {
-    match content {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    }
-}
-
-/// Appends blocks to the conversation, merging consecutive turns of the same role
-/// (Anthropic requires user and assistant to alternate).
-fn push_turn(messages: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
-    if blocks.is_empty() {
-        return;
-    }
-    if let Some(last) = messages.last_mut() {
-        if last["role"] == role {
-            if let Some(arr) = last["content"].as_array_mut() {
-                arr.extend(blocks);
-                return;
-            }
-        }
-    }
-    messages.push(json!({"role": role, "content": blocks}));
-}
-
 /// The Messages request for an OpenAI chat completion request.
 pub fn request(
     req: &Value,
@@ -109,7 +80,7 @@ pub fn request(
         let content = m.get("content").unwrap_or(&Value::Null);
         match role {
             "system" | "developer" => system.push(text_of(content)),
-            "user" => push_turn(&mut messages, "user", content_blocks(content)?),
+            "user" => push_turn(&mut messages, "content", "user", content_blocks(content)?),
             "assistant" => {
                 let mut blocks = content_blocks(content)?;
                 if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
@@ -128,7 +99,7 @@ pub fn request(
                         }));
                     }
                 }
-                push_turn(&mut messages, "assistant", blocks);
+                push_turn(&mut messages, "content", "assistant", blocks);
             }
             "tool" => {
                 let block = json!({
@@ -136,7 +107,7 @@ pub fn request(
                     "tool_use_id": m.get("tool_call_id").cloned().unwrap_or(Value::Null),
                     "content": text_of(content),
                 });
-                push_turn(&mut messages, "user", vec![block]);
+                push_turn(&mut messages, "content", "user", vec![block]);
             }
             other => return Err(invalid(format!("unknown message role {other:?}"))),
         }

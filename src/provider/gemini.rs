@@ -3,7 +3,7 @@
 //! generation config; responses and SSE chunks translated back. Shapes follow
 //! ai.google.dev/api/generate-content.
 
-use super::Translator;
+use super::{push_turn, text_of, Translator};
 use crate::error::{ErrorCode, ProxyError};
 use crate::sse;
 use crate::usage::Usage;
@@ -66,33 +66,6 @@ fn guess_mime(url: &str) -> &'static str {
     }
 }
 
-fn text_of(content: &Value) -> String {
-    match content {
-        Value::String(s) => s.clone(),
-        Value::Array(p) => p
-            .iter()
-            .filter_map(|x| x.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    }
-}
-
-fn push(contents: &mut Vec<Value>, role: &str, p: Vec<Value>) {
-    if p.is_empty() {
-        return;
-    }
-    if let Some(last) = contents.last_mut() {
-        if last["role"] == role {
-            if let Some(arr) = last["parts"].as_array_mut() {
-                arr.extend(p);
-                return;
-            }
-        }
-    }
-    contents.push(json!({"role": role, "parts": p}));
-}
-
 /// The `generateContent` body for an OpenAI chat completion request.
 pub fn request(req: &Value) -> Result<Value, ProxyError> {
     let msgs = req
@@ -107,7 +80,7 @@ pub fn request(req: &Value) -> Result<Value, ProxyError> {
         let content = m.get("content").unwrap_or(&Value::Null);
         match m.get("role").and_then(Value::as_str).unwrap_or("") {
             "system" | "developer" => system.push(json!({"text": text_of(content)})),
-            "user" => push(&mut contents, "user", parts(content)?),
+            "user" => push_turn(&mut contents, "parts", "user", parts(content)?),
             "assistant" => {
                 let mut p = parts(content)?;
                 for c in m
@@ -132,7 +105,7 @@ pub fn request(req: &Value) -> Result<Value, ProxyError> {
                     }
                     p.push(json!({"functionCall": {"name": name, "args": args}}));
                 }
-                push(&mut contents, "model", p);
+                push_turn(&mut contents, "parts", "model", p);
             }
             "tool" => {
                 let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or("");
@@ -146,8 +119,9 @@ pub fn request(req: &Value) -> Result<Value, ProxyError> {
                     .ok()
                     .filter(Value::is_object)
                     .unwrap_or_else(|| json!({"result": text}));
-                push(
+                push_turn(
                     &mut contents,
+                    "parts",
                     "user",
                     vec![json!({"functionResponse": {"name": name, "response": response}})],
                 );

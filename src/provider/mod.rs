@@ -180,6 +180,43 @@ impl Ingress {
     }
 }
 
+/// The text of OpenAI message content (a string, or the text parts joined).
+pub(crate) fn text_of(content: &serde_json::Value) -> String {
+    match content {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(serde_json::Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// Appends items (`key`: "content" blocks or "parts") to the conversation, merging
+/// consecutive turns of the same role: Anthropic and Gemini want roles to alternate.
+pub(crate) fn push_turn(
+    turns: &mut Vec<serde_json::Value>,
+    key: &str,
+    role: &str,
+    items: Vec<serde_json::Value>,
+) {
+    if items.is_empty() {
+        return;
+    }
+    if let Some(last) = turns.last_mut() {
+        if last["role"] == role {
+            if let Some(arr) = last[key].as_array_mut() {
+                arr.extend(items);
+                return;
+            }
+        }
+    }
+    let mut turn = serde_json::json!({ "role": role });
+    turn[key] = serde_json::Value::Array(items);
+    turns.push(turn);
+}
+
 /// A model id as one URL path segment: unreserved bytes kept, the rest percent-encoded
 /// (so `a/b` or a space cannot change the upstream path).
 pub(crate) fn path_segment(s: &str) -> String {
