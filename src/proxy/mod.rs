@@ -5,6 +5,7 @@
 mod accept;
 mod body;
 mod exchange;
+mod relay;
 
 use crate::error::{ErrorCode, ProxyError};
 use crate::policy::{HostRule, Policy};
