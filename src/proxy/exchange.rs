@@ -16,6 +16,7 @@ use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession as Http1Session};
 use pingora::proxy::Session;
 use std::sync::Arc;
 
@@ -202,24 +203,45 @@ impl Switchyard {
         let peer = upstream::peer_for(&self.resolver, provider, timeouts)
             .await
             .map_err(AttemptError::Connect)?;
-        let (mut up, reused) = self
-            .connector
-            .get_http_session(&peer)
-            .await
-            .map_err(|e| match e.etype() {
-                ConnectTimedout => AttemptError::Timeout(e.to_string()),
-                _ => AttemptError::Connect(e.to_string()),
-            })?;
+        let (up, reused) =
+            self.connector
+                .get_http_session(&peer)
+                .await
+                .map_err(|e| match e.etype() {
+                    ConnectTimedout => AttemptError::Timeout(e.to_string()),
+                    _ => AttemptError::Connect(e.to_string()),
+                })?;
+        let mut up = match up {
+            HttpSession::H1(h1) => {
+                let sent = send_h1(h1, &peer, &header, &body, timeouts.first_byte).await;
+                match sent {
+                    Ok(s) => HttpSession::H1(s),
+                    Err(e) => {
+                        return Err(match e.etype() {
+                            WriteTimedout => AttemptError::Timeout(e.to_string()),
+                            _ => AttemptError::Transport {
+                                msg: e.to_string(),
+                                reused,
+                            },
+                        })
+                    }
+                }
+            }
+            other => other,
+        };
+        let sent_already = matches!(up, HttpSession::H1(_));
         up.set_read_timeout(Some(timeouts.first_byte));
         // Pingora's own per-operation timeouts (one timer wheel, no extra tokio timer):
         // a stalled write or a header that does not come within first_byte fails the attempt.
         up.set_write_timeout(Some(timeouts.first_byte));
         let exchange = async {
-            up.write_request_header(Box::new(header)).await?;
-            if !body.is_empty() {
-                up.write_request_body(body, true).await?;
+            if !sent_already {
+                up.write_request_header(Box::new(header)).await?;
+                if !body.is_empty() {
+                    up.write_request_body(body, true).await?;
+                }
+                up.finish_request_body().await?;
             }
-            up.finish_request_body().await?;
             up.read_response_header().await
         };
         match exchange.await {
@@ -240,4 +262,43 @@ impl Switchyard {
 
 fn status_of(up: &HttpSession) -> u16 {
     up.response_header().map_or(0, |h| h.status.as_u16())
+}
+
+/// Bodies up to this size are copied behind the header and sent in one write.
+const COALESCE_MAX: usize = 64 * 1024;
+
+/// Writes the request header and body with one flush: Pingora's client flushes the header on
+/// its own, which costs a send (and, on loopback, the peer's receive work) per request.
+/// The stream is taken out of the session, written, and wrapped in a fresh session that
+/// reads the response as usual.
+async fn send_h1(
+    h1: Http1Session,
+    peer: &HttpPeer,
+    header: &RequestHeader,
+    body: &Bytes,
+    write_timeout: std::time::Duration,
+) -> Result<Http1Session> {
+    use tokio::io::AsyncWriteExt;
+    let wire = http_req_header_to_wire(header)
+        .ok_or_else(|| Error::explain(InvalidHTTPHeader, "request header cannot be encoded"))?;
+    let mut stream = h1.into_inner();
+    let write = async {
+        if body.len() <= COALESCE_MAX {
+            // One buffer, one send: the stream's own write buffer is smaller than most
+            // request bodies, so two writes would still mean two sends.
+            let mut buf = Vec::with_capacity(wire.len() + body.len());
+            buf.extend_from_slice(&wire);
+            buf.extend_from_slice(body);
+            stream.write_all(&buf).await?;
+        } else {
+            stream.write_all(&wire).await?;
+            stream.write_all(body).await?;
+        }
+        stream.flush().await
+    };
+    match pingora::prelude::timeout(write_timeout, write).await {
+        Ok(Ok(())) => Ok(Http1Session::new_with_options(stream, peer)),
+        Ok(Err(e)) => Err(Error::because(WriteError, "writing the request", e)),
+        Err(_) => Error::e_explain(WriteTimedout, "writing the request"),
+    }
 }
