@@ -4,6 +4,7 @@
 //! `chat.completion` objects and `chat.completion.chunk` events, tool-call deltas and
 //! finish reasons mapped. Shapes follow docs.anthropic.com (Messages, Streaming Messages).
 
+use super::chunks::{emit, ChunkWriter};
 use super::{push_turn, text_of, Translator};
 use crate::error::{ErrorCode, ProxyError};
 use crate::sse;
@@ -277,10 +278,7 @@ pub fn error(body: &[u8]) -> Option<Value> {
 /// Streamed: each Anthropic event becomes zero or more OpenAI chunks, as it arrives.
 pub struct Stream {
     split: sse::Splitter,
-    id: String,
-    model: String,
-    created: u64,
-    include_usage: bool,
+    w: ChunkWriter,
     usage: Usage,
     saw_usage: bool,
     /// Anthropic content-block index → OpenAI tool_calls index.
@@ -294,27 +292,13 @@ impl Stream {
     pub fn new(include_usage: bool) -> Self {
         Stream {
             split: sse::Splitter::default(),
-            id: String::new(),
-            model: String::new(),
-            created: now(),
-            include_usage,
+            w: ChunkWriter::new(String::new(), include_usage),
             usage: Usage::default(),
             saw_usage: false,
             tool_index: Vec::new(),
             finished: false,
             deltas: 0,
         }
-    }
-
-    fn chunk(&self, delta: Value, finish: Value, out: &mut BytesMut) {
-        let mut c = json!({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        });
-        if self.include_usage {
-            c["usage"] = Value::Null;
-        }
-        emit(&c, out);
     }
 
     fn event(&mut self, data: &[u8], out: &mut BytesMut) {
@@ -324,12 +308,12 @@ impl Stream {
         match ev.get("type").and_then(Value::as_str) {
             Some("message_start") => {
                 let m = &ev["message"];
-                self.id = m
+                self.w.id = m
                     .get("id")
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .to_string();
-                self.model = m
+                self.w.model = m
                     .get("model")
                     .and_then(Value::as_str)
                     .unwrap_or("")
@@ -341,7 +325,7 @@ impl Stream {
                     self.usage.output = u.output;
                     self.saw_usage = true;
                 }
-                self.chunk(
+                self.w.chunk(
                     json!({"role": "assistant", "content": ""}),
                     Value::Null,
                     out,
@@ -353,7 +337,7 @@ impl Stream {
                     let idx = self.tool_index.len();
                     self.tool_index
                         .push((ev.get("index").and_then(Value::as_u64).unwrap_or(0), idx));
-                    self.chunk(
+                    self.w.chunk(
                         json!({"tool_calls": [{"index": idx, "id": block.get("id").cloned().unwrap_or(Value::Null), "type": "function",
                                  "function": {"name": block.get("name").cloned().unwrap_or(Value::Null), "arguments": ""}}]}),
                         Value::Null,
@@ -365,7 +349,7 @@ impl Stream {
                 self.deltas += 1;
                 let d = &ev["delta"];
                 match d.get("type").and_then(Value::as_str) {
-                    Some("text_delta") => self.chunk(
+                    Some("text_delta") => self.w.chunk(
                         json!({"content": d.get("text").cloned().unwrap_or(Value::Null)}),
                         Value::Null,
                         out,
@@ -373,7 +357,7 @@ impl Stream {
                     Some("input_json_delta") => {
                         let block = ev.get("index").and_then(Value::as_u64).unwrap_or(0);
                         if let Some(&(_, idx)) = self.tool_index.iter().find(|(b, _)| *b == block) {
-                            self.chunk(
+                            self.w.chunk(
                                 json!({"tool_calls": [{"index": idx, "function": {"arguments": d.get("partial_json").cloned().unwrap_or(Value::Null)}}]}),
                                 Value::Null,
                                 out,
@@ -389,7 +373,7 @@ impl Stream {
                     self.saw_usage = true;
                 }
                 let reason = ev.pointer("/delta/stop_reason").and_then(Value::as_str);
-                self.chunk(json!({}), finish_reason(reason), out);
+                self.w.chunk(json!({}), finish_reason(reason), out);
             }
             Some("message_stop") => self.end(out),
             Some("error") => {
@@ -406,21 +390,8 @@ impl Stream {
             return;
         }
         self.finished = true;
-        if self.include_usage {
-            emit(
-                &json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                        "choices": [], "usage": openai_usage(&self.usage)}),
-                out,
-            );
-        }
-        out.extend_from_slice(b"data: [DONE]\n\n");
+        self.w.end(openai_usage(&self.usage), out);
     }
-}
-
-fn emit(v: &Value, out: &mut BytesMut) {
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(v.to_string().as_bytes());
-    out.extend_from_slice(b"\n\n");
 }
 
 impl Translator for Stream {

@@ -3,6 +3,7 @@
 //! generation config; responses and SSE chunks translated back. Shapes follow
 //! ai.google.dev/api/generate-content.
 
+use super::chunks::{emit, ChunkWriter};
 use super::{push_turn, text_of, Translator};
 use crate::error::{ErrorCode, ProxyError};
 use crate::sse;
@@ -320,10 +321,7 @@ pub fn error(body: &[u8]) -> Option<Value> {
 /// usage; each becomes one OpenAI chunk.
 pub struct Stream {
     split: sse::Splitter,
-    id: String,
-    model: String,
-    created: u64,
-    include_usage: bool,
+    w: ChunkWriter,
     usage: Option<Usage>,
     started: bool,
     calls: usize,
@@ -335,25 +333,16 @@ impl Stream {
     pub fn new(include_usage: bool) -> Self {
         Stream {
             split: sse::Splitter::default(),
-            id: format!("chatcmpl-gemini{:016x}", fastrand::u64(..)),
-            model: String::new(),
-            created: now(),
-            include_usage,
+            w: ChunkWriter::new(
+                format!("chatcmpl-gemini{:016x}", fastrand::u64(..)),
+                include_usage,
+            ),
             usage: None,
             started: false,
             calls: 0,
             finished: false,
             deltas: 0,
         }
-    }
-
-    fn chunk(&self, delta: Value, finish: Value, out: &mut BytesMut) {
-        let mut c = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                           "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
-        if self.include_usage {
-            c["usage"] = Value::Null;
-        }
-        emit(&c, out);
     }
 
     fn event(&mut self, data: &[u8], out: &mut BytesMut) {
@@ -367,14 +356,14 @@ impl Stream {
             return;
         }
         if let Some(m) = v.get("modelVersion").and_then(Value::as_str) {
-            self.model = m.to_string();
+            self.w.model = m.to_string();
         }
         if let Some(u) = v.get("usageMetadata") {
             self.usage = Some(usage_of(u));
         }
         if !self.started {
             self.started = true;
-            self.chunk(
+            self.w.chunk(
                 json!({"role": "assistant", "content": ""}),
                 Value::Null,
                 out,
@@ -383,17 +372,17 @@ impl Stream {
         let (text, calls, reason) = candidate(&v, self.calls);
         if !text.is_empty() {
             self.deltas += 1;
-            self.chunk(json!({"content": text}), Value::Null, out);
+            self.w.chunk(json!({"content": text}), Value::Null, out);
         }
         let n = calls.len();
         for (i, mut c) in calls.into_iter().enumerate() {
             self.deltas += 1;
             c["index"] = json!(self.calls + i);
-            self.chunk(json!({"tool_calls": [c]}), Value::Null, out);
+            self.w.chunk(json!({"tool_calls": [c]}), Value::Null, out);
         }
         self.calls += n;
         if reason.is_some() {
-            self.chunk(
+            self.w.chunk(
                 json!({}),
                 finish_reason(reason.as_deref(), self.calls > 0),
                 out,
@@ -407,22 +396,9 @@ impl Stream {
             return;
         }
         self.finished = true;
-        if self.include_usage {
-            let u = self.usage.unwrap_or_default();
-            emit(
-                &json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                         "choices": [], "usage": openai_usage(&u)}),
-                out,
-            );
-        }
-        out.extend_from_slice(b"data: [DONE]\n\n");
+        self.w
+            .end(openai_usage(&self.usage.unwrap_or_default()), out);
     }
-}
-
-fn emit(v: &Value, out: &mut BytesMut) {
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(v.to_string().as_bytes());
-    out.extend_from_slice(b"\n\n");
 }
 
 impl Translator for Stream {

@@ -6,6 +6,7 @@
 
 pub mod anthropic;
 pub mod azure;
+mod chunks;
 pub mod gemini;
 pub mod messages;
 pub mod openai;
@@ -27,6 +28,10 @@ pub trait Translator: Send {
     fn usage(&self) -> Option<Usage>;
     /// What was streamed before a cut, counted from the deltas (provider totals unknown).
     fn partial_usage(&self) -> Usage;
+    /// Usage to account if the response is cut now: the provider's, else the partial count.
+    fn so_far(&self) -> Usage {
+        self.usage().unwrap_or_else(|| self.partial_usage())
+    }
     /// Whether the client receives an SSE stream (else one JSON body).
     fn streaming(&self) -> bool;
     /// Same wire format both sides: keep the provider's response headers (request ids,

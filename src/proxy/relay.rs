@@ -135,12 +135,7 @@ impl Switchyard {
             ctx.status = status.as_u16();
             ctx.pause();
             if let Err(e) = session.write_response_header(Box::new(h), false).await {
-                self.cut(
-                    "client",
-                    ctx,
-                    provider,
-                    tr.usage().unwrap_or_else(|| tr.partial_usage()),
-                );
+                self.cut("client", ctx, provider, tr.so_far());
                 return Err(Failure::Abort(e));
             }
         }
@@ -171,12 +166,7 @@ impl Switchyard {
                         }
                         let bytes = out.split().freeze();
                         if let Err(e) = session.write_response_body(Some(bytes), false).await {
-                            self.cut(
-                                "client",
-                                ctx,
-                                provider,
-                                tr.usage().unwrap_or_else(|| tr.partial_usage()),
-                            );
+                            self.cut("client", ctx, provider, tr.so_far());
                             return Err(Failure::Abort(e));
                         }
                     }
@@ -187,12 +177,7 @@ impl Switchyard {
                         provider = &*provider.name,
                         "upstream broke mid-response: {e}"
                     );
-                    self.cut(
-                        "upstream",
-                        ctx,
-                        provider,
-                        tr.usage().unwrap_or_else(|| tr.partial_usage()),
-                    );
+                    self.cut("upstream", ctx, provider, tr.so_far());
                     if streaming {
                         return Err(Failure::Abort(e));
                     }
@@ -241,21 +226,11 @@ impl Switchyard {
             ctx.status = status.as_u16();
             ctx.pause();
             if let Err(e) = session.write_response_header(Box::new(h), false).await {
-                self.cut(
-                    "client",
-                    ctx,
-                    provider,
-                    tr.usage().unwrap_or_else(|| tr.partial_usage()),
-                );
+                self.cut("client", ctx, provider, tr.so_far());
                 return Err(Failure::Abort(e));
             }
             if let Err(e) = session.write_response_body(Some(translated), true).await {
-                self.cut(
-                    "client",
-                    ctx,
-                    provider,
-                    tr.usage().unwrap_or_else(|| tr.partial_usage()),
-                );
+                self.cut("client", ctx, provider, tr.so_far());
                 return Err(Failure::Abort(e));
             }
         } else {
@@ -263,12 +238,7 @@ impl Switchyard {
             let rest = out.split().freeze();
             let write = session.write_response_body(Some(rest), true).await;
             if let Err(e) = write {
-                self.cut(
-                    "client",
-                    ctx,
-                    provider,
-                    tr.usage().unwrap_or_else(|| tr.partial_usage()),
-                );
+                self.cut("client", ctx, provider, tr.so_far());
                 return Err(Failure::Abort(e));
             }
         }
