@@ -68,14 +68,7 @@ pub async fn serve(addr: SocketAddr, knobs: Knobs, record: bool) -> std::io::Res
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1beta/models/{*rest}", post(gemini::generate))
         // Azure OpenAI: the deployment in the path, `api-version` required.
-        .route(
-            "/openai/deployments/{deployment}/chat/completions",
-            post(azure_chat),
-        )
-        .route(
-            "/openai/deployments/{deployment}/embeddings",
-            post(azure_embeddings),
-        )
+        .route("/openai/deployments/{deployment}/{*op}", post(azure))
         .route("/v1/models", get(models))
         .route("/models", get(models))
         .route("/mock/requests", get(requests).delete(clear_requests))
@@ -272,9 +265,11 @@ fn azure_check(
     None
 }
 
-async fn azure_chat(
+/// Azure's `/openai/deployments/{deployment}/{operation}`: the OpenAI handlers behind
+/// Azure's own checks.
+async fn azure(
     st: St,
-    axum::extract::Path(_deployment): axum::extract::Path<String>,
+    axum::extract::Path((_deployment, op)): axum::extract::Path<(String, String)>,
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
     uri: axum::http::Uri,
     headers: HeaderMap,
@@ -283,21 +278,11 @@ async fn azure_chat(
     if let Some(r) = azure_check(&headers, &q) {
         return r;
     }
-    chat(st, uri, headers, body).await
-}
-
-async fn azure_embeddings(
-    st: St,
-    axum::extract::Path(_deployment): axum::extract::Path<String>,
-    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    if let Some(r) = azure_check(&headers, &q) {
-        return r;
+    match op.as_str() {
+        "chat/completions" => chat(st, uri, headers, body).await,
+        "embeddings" => embeddings(st, uri, headers, body).await,
+        _ => not_found().await,
     }
-    embeddings(st, uri, headers, body).await
 }
 
 async fn embeddings(
