@@ -245,12 +245,6 @@ pub fn outbound(
     client: &ClientRequest<'_>,
     attempt: &Attempt,
 ) -> Result<Outbound, ProxyError> {
-    let internal = |e: Box<pingora::Error>| {
-        ProxyError::new(
-            ErrorCode::Internal,
-            format!("cannot build the upstream request: {e}"),
-        )
-    };
     if client.ingress == Ingress::Anthropic {
         return anthropic_ingress(provider, client, attempt);
     }
@@ -307,21 +301,12 @@ pub fn outbound(
                     provider.base_path
                 )
             };
-            let mut header = rewrite::upstream_header(client.header, provider, &path, body.len())
-                .map_err(internal)?;
-            header
-                .insert_header(http::header::CONTENT_TYPE, "application/json")
-                .map_err(internal)?;
             let translator: Box<dyn Translator> = if stream {
                 Box::new(gemini::Stream::new(include_usage))
             } else {
                 Box::new(Whole::new(gemini::response, gemini::error))
             };
-            Ok(Outbound {
-                header,
-                body,
-                translator: Some(translator),
-            })
+            json_outbound(client, provider, &path, body, translator)
         }
         Format::Anthropic => {
             let Chat {
@@ -333,26 +318,14 @@ pub fn outbound(
             let translated = anthropic::request(&req, model, attempt.max_tokens)?;
             let body = Bytes::from(translated.to_string());
             let path = format!("{}/v1/messages", provider.base_path);
-            let mut header = rewrite::upstream_header(client.header, provider, &path, body.len())
-                .map_err(internal)?;
-            if !header.headers.contains_key("anthropic-version") {
-                header
-                    .insert_header("anthropic-version", anthropic::VERSION)
-                    .map_err(internal)?;
-            }
-            header
-                .insert_header(http::header::CONTENT_TYPE, "application/json")
-                .map_err(internal)?;
             let translator: Box<dyn Translator> = if stream {
                 Box::new(anthropic::Stream::new(include_usage))
             } else {
                 Box::new(Whole::new(anthropic::response, anthropic::error))
             };
-            Ok(Outbound {
-                header,
-                body,
-                translator: Some(translator),
-            })
+            let mut out = json_outbound(client, provider, &path, body, translator)?;
+            anthropic_version(&mut out.header)?;
+            Ok(out)
         }
     }
 }
@@ -364,12 +337,6 @@ fn anthropic_ingress(
     client: &ClientRequest<'_>,
     attempt: &Attempt,
 ) -> Result<Outbound, ProxyError> {
-    let internal = |e: Box<pingora::Error>| {
-        ProxyError::new(
-            ErrorCode::Internal,
-            format!("cannot build the upstream request: {e}"),
-        )
-    };
     match provider.format {
         Format::Anthropic => {}
         Format::OpenAi | Format::AzureOpenAi => {
@@ -393,23 +360,15 @@ fn anthropic_ingress(
             } else {
                 rewrite::upstream_path(provider, "/v1/chat/completions")
             };
-            let mut header = rewrite::upstream_header(client.header, provider, &path, body.len())
-                .map_err(internal)?;
-            header.remove_header("anthropic-version");
-            header.remove_header("anthropic-beta");
-            header
-                .insert_header(http::header::CONTENT_TYPE, "application/json")
-                .map_err(internal)?;
             let translator: Box<dyn Translator> = if stream {
                 Box::new(messages::Stream::default())
             } else {
                 Box::new(Whole::new(messages::response, messages::error))
             };
-            return Ok(Outbound {
-                header,
-                body,
-                translator: Some(translator),
-            });
+            let mut out = json_outbound(client, provider, &path, body, translator)?;
+            out.header.remove_header("anthropic-version");
+            out.header.remove_header("anthropic-beta");
+            return Ok(out);
         }
         Format::Gemini => {
             return Err(ProxyError::new(
@@ -432,16 +391,49 @@ fn anthropic_ingress(
     let path = format!("{}{}", provider.base_path, client.path_and_query);
     let mut header =
         rewrite::upstream_header(client.header, provider, &path, body.len()).map_err(internal)?;
-    if !header.headers.contains_key("anthropic-version") {
-        header
-            .insert_header("anthropic-version", anthropic::VERSION)
-            .map_err(internal)?;
-    }
+    anthropic_version(&mut header)?;
     Ok(Outbound {
         header,
         body,
         translator: Some(Box::new(anthropic::Passthrough::default())),
     })
+}
+
+fn internal(e: Box<pingora::Error>) -> ProxyError {
+    ProxyError::new(
+        ErrorCode::Internal,
+        format!("cannot build the upstream request: {e}"),
+    )
+}
+
+/// An upstream request whose JSON body the proxy wrote, answered through `translator`.
+fn json_outbound(
+    client: &ClientRequest<'_>,
+    provider: &Provider,
+    path: &str,
+    body: Bytes,
+    translator: Box<dyn Translator>,
+) -> Result<Outbound, ProxyError> {
+    let mut header =
+        rewrite::upstream_header(client.header, provider, path, body.len()).map_err(internal)?;
+    header
+        .insert_header(http::header::CONTENT_TYPE, "application/json")
+        .map_err(internal)?;
+    Ok(Outbound {
+        header,
+        body,
+        translator: Some(translator),
+    })
+}
+
+/// Anthropic requires a version header; the client's, if it sent one, is kept.
+fn anthropic_version(header: &mut RequestHeader) -> Result<(), ProxyError> {
+    if !header.headers.contains_key("anthropic-version") {
+        header
+            .insert_header("anthropic-version", anthropic::VERSION)
+            .map_err(internal)?;
+    }
+    Ok(())
 }
 
 /// The client's body with the attempt's model spliced in (no re-serialisation). A stream
