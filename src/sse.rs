@@ -52,21 +52,52 @@ impl Splitter {
     }
 }
 
-/// The `event:` name and the joined `data:` payload of one event.
-pub fn parse(ev: &[u8]) -> (Option<&[u8]>, Vec<&[u8]>) {
-    let mut name = None;
-    let mut data = Vec::with_capacity(1);
-    for line in ev.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(v) = line.strip_prefix(b"event:") {
-            name = Some(trim_start(v));
-        } else if let Some(v) = line.strip_prefix(b"data:") {
-            data.push(trim_start(v));
+/// The `data:` lines of one event, in order, without their prefix. (No translator needs the
+/// `event:` name: every payload names its own type.) Allocation-free: this runs per event.
+pub fn data_lines(ev: &[u8]) -> DataLines<'_> {
+    DataLines { rest: ev }
+}
+
+pub struct DataLines<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for DataLines<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        while !self.rest.is_empty() {
+            let (line, rest) = match memchr::memchr(b'\n', self.rest) {
+                Some(i) => (&self.rest[..i], &self.rest[i + 1..]),
+                None => (self.rest, &[][..]),
+            };
+            self.rest = rest;
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some(v) = line.strip_prefix(b"data:") {
+                return Some(trim_start(v));
+            }
         }
+        None
     }
-    (name, data)
 }
 
 fn trim_start(b: &[u8]) -> &[u8] {
     b.strip_prefix(b" ").unwrap_or(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_lines_of_an_event() {
+        let ev = b"event: message_start\r\ndata: {\"a\":1}\r\n: comment\ndata:{\"b\":2}\n\n";
+        let lines: Vec<&[u8]> = data_lines(ev).collect();
+        assert_eq!(lines, vec![&b"{\"a\":1}"[..], &b"{\"b\":2}"[..]]);
+        assert_eq!(
+            data_lines(b"data: [DONE]").collect::<Vec<_>>(),
+            vec![&b"[DONE]"[..]]
+        );
+        assert_eq!(data_lines(b"event: ping\n\n").count(), 0);
+    }
 }

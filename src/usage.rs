@@ -2,7 +2,9 @@
 //! OpenAI-format JSON bodies (the `usage` object, last in the document) and SSE streams
 //! (the chunk carrying `usage`), scanned incrementally across TCP chunk boundaries.
 
+use memchr::memmem::{Finder, FinderRev};
 use serde::Deserialize;
+use std::sync::LazyLock;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -55,22 +57,27 @@ impl From<OpenAiUsage> for Usage {
 
 const KEY: &[u8] = b"\"usage\"";
 
-/// An OpenAI stream chunk that only carries usage (`"choices":[]`), as sent when
-/// `stream_options.include_usage` is on.
-pub fn is_usage_only_chunk(data: &[u8]) -> bool {
-    memchr::memmem::find(data, b"\"choices\":[]").is_some() && usage_after_last_key(data).is_some()
-}
-
-pub fn from_chunk(data: &[u8]) -> Option<Usage> {
+/// The usage of an OpenAI stream chunk that carries nothing else (`"choices":[]`), as sent
+/// when `stream_options.include_usage` is on.
+pub fn usage_only_chunk(data: &[u8]) -> Option<Usage> {
+    EMPTY_CHOICES.find(data)?;
     usage_after_last_key(data)
 }
 
 /// A chunk carrying generated text or tool-call arguments: about one token each.
 pub fn is_content_delta(data: &[u8]) -> bool {
-    memchr::memmem::find(data, b"\"content\":\"").is_some_and(|i| data.get(i + 11) != Some(&b'"'))
-        || memchr::memmem::find(data, b"\"arguments\":\"")
-            .is_some_and(|i| data.get(i + 13) != Some(&b'"'))
+    let non_empty = |finder: &Finder<'_>, key_len: usize| {
+        finder
+            .find(data)
+            .is_some_and(|i| data.get(i + key_len) != Some(&b'"'))
+    };
+    non_empty(&CONTENT, 11) || non_empty(&ARGUMENTS, 13)
 }
+
+// Searchers built once: building one per event cost more than the search itself.
+static EMPTY_CHOICES: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"choices\":[]"));
+static CONTENT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content\":\""));
+static ARGUMENTS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"arguments\":\""));
 
 /// Parses the value after the last `"usage"` key in `buf`. Inside JSON strings quotes are
 /// escaped, so the unescaped byte sequence `"usage"` can only be a key.
@@ -91,9 +98,7 @@ fn skip_ws(b: &[u8]) -> &[u8] {
     &b[n..]
 }
 
-/// Built once: constructing a searcher per event cost more than the search itself.
-static KEY_FINDER: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
-    std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(KEY));
+static KEY_FINDER: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(KEY));
 
 /// How much of a JSON response's end is kept: the usage object sits last and is small.
 const JSON_TAIL: usize = 8 * 1024;

@@ -405,8 +405,7 @@ impl Translator for Stream {
     fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) {
         let mut split = std::mem::take(&mut self.split);
         split.feed(chunk, |ev| {
-            let (_, data) = sse::parse(ev);
-            for d in data {
+            for d in sse::data_lines(ev) {
                 self.event(d, out);
             }
         });

@@ -387,8 +387,7 @@ impl Translator for Stream {
     fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) {
         let mut split = std::mem::take(&mut self.split);
         split.feed(chunk, |e| {
-            let (_, data) = sse::parse(e);
-            for d in data {
+            for d in sse::data_lines(e) {
                 if d.starts_with(b"[DONE]") {
                     self.end(out);
                 } else if let Ok(v) = serde_json::from_slice::<Value>(d) {

@@ -17,10 +17,10 @@ pub struct HideUsage {
 
 impl HideUsage {
     fn event(&mut self, ev: &[u8], out: &mut BytesMut) {
-        let (_, data) = sse::parse(ev);
-        if let [d] = data.as_slice() {
-            if usage::is_usage_only_chunk(d) {
-                self.usage = usage::from_chunk(d).or(self.usage);
+        let mut data = sse::data_lines(ev);
+        if let (Some(d), None) = (data.next(), data.next()) {
+            if let Some(u) = usage::usage_only_chunk(d) {
+                self.usage = Some(u);
                 return;
             }
             if usage::is_content_delta(d) {
