@@ -1,5 +1,5 @@
 //! Request rewriting for one attempt: the `model` field spliced in place (every other byte
-//! of the client's JSON kept), and the upstream request header built for the provider.
+//! of the client's JSON kept), and the upstream request head written for the provider.
 
 use crate::error::{ErrorCode, ProxyError};
 use crate::policy::Provider;
@@ -150,36 +150,87 @@ pub fn upstream_path(provider: &Provider, client_path_and_query: &str) -> String
     p
 }
 
-/// The request header sent to `provider` for one attempt.
-pub fn upstream_header(
+/// Bodies up to this size are sent in one write behind the header, so the head is allocated
+/// with room for them.
+pub const COALESCE_MAX: usize = 64 * 1024;
+
+/// Headers the proxy sets on one upstream request, replacing any the client sent.
+pub type Set<'a> = &'a [(&'a str, &'a str)];
+
+/// The request line and header block sent to `provider` for one attempt, in HTTP/1.1 wire
+/// form. Written straight from the client's header, with no intermediate header map: the
+/// forwarded headers are copied once, into the buffer that is sent.
+///
+/// `set` replaces client headers of the same name; `skip` names client headers that this
+/// request must not carry. Credentials, host and framing are always the proxy's.
+pub fn upstream_head(
     client: &RequestHeader,
     provider: &Provider,
     path: &str,
     body_len: usize,
-) -> pingora::Result<RequestHeader> {
-    let mut req = RequestHeader::build(
-        client.method.clone(),
-        path.as_bytes(),
-        Some(client.headers.len() + 4),
-    )?;
+    set: Set<'_>,
+    skip: &[&str],
+) -> Result<Vec<u8>, ProxyError> {
+    // A path from config plus the client's request target: refuse anything that could
+    // break the request line rather than trust every source to be clean.
+    if path.is_empty() || !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ProxyError::new(
+            ErrorCode::InvalidRequest,
+            "the upstream path would not be a valid request target",
+        ));
+    }
+    let overridden = |name: &HeaderName| {
+        let n = name.as_str();
+        dropped(name)
+            || skip.contains(&n)
+            || set.iter().any(|(s, _)| *s == n)
+            || provider.auth.as_ref().is_some_and(|(a, _)| a == name)
+            || provider.extra_headers.iter().any(|(e, _)| e == name)
+    };
+    let forwarded: usize = client
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    let body_room = if body_len <= COALESCE_MAX {
+        body_len
+    } else {
+        0
+    };
+    let mut w = Vec::with_capacity(256 + path.len() + forwarded + body_room);
+    w.extend_from_slice(client.method.as_str().as_bytes());
+    w.push(b' ');
+    w.extend_from_slice(path.as_bytes());
+    w.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut line = |name: &[u8], value: &[u8]| {
+        w.extend_from_slice(name);
+        w.extend_from_slice(b": ");
+        w.extend_from_slice(value);
+        w.extend_from_slice(b"\r\n");
+    };
+    line(b"host", provider.authority.as_bytes());
     for (name, value) in client.headers.iter() {
-        if !dropped(name) {
-            req.append_header(name.clone(), value.clone())?;
+        if !overridden(name) {
+            line(name.as_str().as_bytes(), value.as_bytes());
         }
     }
-    req.insert_header(header::HOST, provider.authority.clone())?;
     if let Some((name, value)) = &provider.auth {
-        req.insert_header(name.clone(), value.clone())?;
+        line(name.as_str().as_bytes(), value.as_bytes());
     }
     for (name, value) in &provider.extra_headers {
-        req.insert_header(name.clone(), value.clone())?;
+        line(name.as_str().as_bytes(), value.as_bytes());
+    }
+    for (name, value) in set {
+        line(name.as_bytes(), value.as_bytes());
     }
     // Usage is read from the response, so it must not arrive compressed.
-    req.insert_header(header::ACCEPT_ENCODING, "identity")?;
+    line(b"accept-encoding", b"identity");
     if body_len > 0 || client.method == http::Method::POST || client.method == http::Method::PUT {
-        req.insert_header(header::CONTENT_LENGTH, body_len.to_string())?;
+        let mut n = itoa::Buffer::new();
+        line(b"content-length", n.format(body_len).as_bytes());
     }
-    Ok(req)
+    w.extend_from_slice(b"\r\n");
+    Ok(w)
 }
 
 #[cfg(test)]
@@ -303,15 +354,36 @@ mod tests {
         client
             .insert_header("openai-beta", "assistants=v2")
             .unwrap();
+        client.insert_header("content-type", "text/plain").unwrap();
+        client.insert_header("anthropic-beta", "x").unwrap();
         let path = upstream_path(&p, "/v1/chat/completions");
-        let up = upstream_header(&client, &p, &path, 42).unwrap();
-        assert_eq!(up.uri.path(), "/v1/chat/completions");
-        assert_eq!(up.headers["authorization"], "Bearer sk-prov");
-        assert_eq!(up.headers["host"], "api.openai.com");
-        assert_eq!(up.headers["content-length"], "42");
-        assert_eq!(up.headers["accept-encoding"], "identity");
-        assert_eq!(up.headers["openai-beta"], "assistants=v2");
-        assert!(up.headers.get("x-api-key").is_none());
-        assert!(up.headers.get("expect").is_none());
+        let set = [("content-type", "application/json")];
+        let head = upstream_head(&client, &p, &path, 42, &set, &["anthropic-beta"]).unwrap();
+        let head = String::from_utf8(head).unwrap();
+        let mut lines = head.split("\r\n");
+        assert_eq!(lines.next(), Some("POST /v1/chat/completions HTTP/1.1"));
+        let headers: Vec<&str> = lines.collect();
+        for want in [
+            "authorization: Bearer sk-prov",
+            "host: api.openai.com",
+            "content-length: 42",
+            "accept-encoding: identity",
+            "openai-beta: assistants=v2",
+            "content-type: application/json",
+        ] {
+            assert!(headers.contains(&want), "{want} missing from {headers:?}");
+        }
+        for gone in [
+            "x-api-key",
+            "expect",
+            "anthropic-beta",
+            "content-type: text/plain",
+        ] {
+            assert!(!head.contains(gone), "{gone} forwarded: {head}");
+        }
+        assert!(head.ends_with("\r\n\r\n"));
+        // One header line per name, and a head that cannot break the request line.
+        assert_eq!(head.matches("authorization").count(), 1);
+        assert!(upstream_head(&client, &p, "/a b", 0, &[], &[]).is_err());
     }
 }

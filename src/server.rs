@@ -5,6 +5,7 @@ use crate::admin::Admin;
 use crate::proxy::Switchyard;
 use crate::shutdown::GracefulStop;
 use crate::state::State;
+use crate::upstream::Pool;
 use pingora::connectors::ConnectorOptions;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
@@ -40,9 +41,13 @@ pub fn run(config_path: PathBuf) -> Result<(), String> {
 
     let mut upstream_opts = ConnectorOptions::from_server_conf(&server.configuration);
     upstream_opts.ca_file = ca_file;
+    let pool = Arc::new(Pool::new(
+        server.configuration.upstream_keepalive_pool_size,
+        crate::upstream::IDLE_TIMEOUT,
+    ));
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Switchyard::new(state.clone(), upstream_opts),
+        Switchyard::new(state.clone(), upstream_opts, pool.clone()),
         "switchyard proxy",
     );
     proxy.add_tcp(&listen.proxy);
@@ -51,7 +56,7 @@ pub fn run(config_path: PathBuf) -> Result<(), String> {
     server.add_service(proxy);
     server.add_service(admin);
 
-    spawn_background(state.clone(), listen.proxy.clone())?;
+    spawn_background(state.clone(), listen.proxy.clone(), pool)?;
     tracing::info!(proxy = %listen.proxy, admin = %listen.admin, "switchyard starting");
     server.run(RunArgs {
         shutdown_signal: Box::new(GracefulStop { state, grace }),
@@ -59,8 +64,16 @@ pub fn run(config_path: PathBuf) -> Result<(), String> {
     Ok(())
 }
 
-/// A small runtime of our own for the reload watcher, and the readiness probe.
-fn spawn_background(state: Arc<State>, proxy_addr: String) -> Result<(), String> {
+/// A small runtime of our own for the reload watcher, the readiness probe, and the sweeper
+/// of idle upstream connections.
+fn spawn_background(state: Arc<State>, proxy_addr: String, pool: Arc<Pool>) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("pool-sweep".into())
+        .spawn(move || loop {
+            std::thread::sleep(crate::upstream::SWEEP_EVERY);
+            pool.sweep();
+        })
+        .map_err(|e| format!("cannot start the pool sweeper: {e}"))?;
     let st = state.clone();
     std::thread::Builder::new()
         .name("reload".into())

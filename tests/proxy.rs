@@ -136,6 +136,14 @@ async fn forward_proxy_mode_reaches_the_owning_provider() {
     assert_eq!(seen[1]["path"], "/v1/models");
     assert_eq!(seen[1]["headers"]["authorization"], "Bearer sk-alpha");
 
+    // A HEAD answer carries a Content-Length but no body: relayed without waiting for one.
+    let head = via_proxy.head("http://api.openai.com/v1/models").send();
+    let resp = tokio::time::timeout(Duration::from_secs(5), head)
+        .await
+        .expect("HEAD answered without waiting for a body")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
     // Never an open proxy.
     let resp = via_proxy
         .post("http://evil.example.com/v1/chat/completions")

@@ -153,7 +153,8 @@ impl<'a> Chat<'a> {
 
 /// One upstream request, ready to send, and how to read its answer.
 pub struct Outbound {
-    pub header: RequestHeader,
+    /// Request line and headers in wire form (`rewrite::upstream_head`).
+    pub head: Vec<u8>,
     pub body: Bytes,
     /// `None`: the response is relayed byte for byte.
     pub translator: Option<Box<dyn Translator>>,
@@ -252,10 +253,10 @@ pub fn outbound(
         Format::OpenAi => {
             let (body, translator) = openai_body(client, attempt);
             let path = rewrite::upstream_path(provider, client.path_and_query);
-            let header = rewrite::upstream_header(client.header, provider, &path, body.len())
-                .map_err(internal)?;
+            let head =
+                rewrite::upstream_head(client.header, provider, &path, body.len(), &[], &[])?;
             Ok(Outbound {
-                header,
+                head,
                 body,
                 translator,
             })
@@ -273,10 +274,10 @@ pub fn outbound(
                     )
                 })?;
             let path = azure::path(provider, client.path_and_query, deployment);
-            let header = rewrite::upstream_header(client.header, provider, &path, body.len())
-                .map_err(internal)?;
+            let head =
+                rewrite::upstream_head(client.header, provider, &path, body.len(), &[], &[])?;
             Ok(Outbound {
-                header,
+                head,
                 body,
                 translator,
             })
@@ -306,7 +307,7 @@ pub fn outbound(
             } else {
                 Box::new(Whole::new(gemini::response, gemini::error))
             };
-            json_outbound(client, provider, &path, body, translator)
+            json_outbound(client, provider, &path, body, translator, &[])
         }
         Format::Anthropic => {
             let Chat {
@@ -323,9 +324,8 @@ pub fn outbound(
             } else {
                 Box::new(Whole::new(anthropic::response, anthropic::error))
             };
-            let mut out = json_outbound(client, provider, &path, body, translator)?;
-            anthropic_version(&mut out.header)?;
-            Ok(out)
+            let version = anthropic_version(client);
+            json_outbound(client, provider, &path, body, translator, version)
         }
     }
 }
@@ -365,10 +365,19 @@ fn anthropic_ingress(
             } else {
                 Box::new(Whole::new(messages::response, messages::error))
             };
-            let mut out = json_outbound(client, provider, &path, body, translator)?;
-            out.header.remove_header("anthropic-version");
-            out.header.remove_header("anthropic-beta");
-            return Ok(out);
+            let head = rewrite::upstream_head(
+                client.header,
+                provider,
+                &path,
+                body.len(),
+                JSON,
+                &["anthropic-version", "anthropic-beta"],
+            )?;
+            return Ok(Outbound {
+                head,
+                body,
+                translator: Some(translator),
+            });
         }
         Format::Gemini => {
             return Err(ProxyError::new(
@@ -389,22 +398,16 @@ fn anthropic_ingress(
         None => client.body.clone(),
     };
     let path = format!("{}{}", provider.base_path, client.path_and_query);
-    let mut header =
-        rewrite::upstream_header(client.header, provider, &path, body.len()).map_err(internal)?;
-    anthropic_version(&mut header)?;
+    let set = anthropic_version(client);
+    let head = rewrite::upstream_head(client.header, provider, &path, body.len(), set, &[])?;
     Ok(Outbound {
-        header,
+        head,
         body,
         translator: Some(Box::new(anthropic::Passthrough::default())),
     })
 }
 
-fn internal(e: Box<pingora::Error>) -> ProxyError {
-    ProxyError::new(
-        ErrorCode::Internal,
-        format!("cannot build the upstream request: {e}"),
-    )
-}
+const JSON: rewrite::Set<'static> = &[("content-type", "application/json")];
 
 /// An upstream request whose JSON body the proxy wrote, answered through `translator`.
 fn json_outbound(
@@ -413,27 +416,29 @@ fn json_outbound(
     path: &str,
     body: Bytes,
     translator: Box<dyn Translator>,
+    extra: rewrite::Set<'_>,
 ) -> Result<Outbound, ProxyError> {
-    let mut header =
-        rewrite::upstream_header(client.header, provider, path, body.len()).map_err(internal)?;
-    header
-        .insert_header(http::header::CONTENT_TYPE, "application/json")
-        .map_err(internal)?;
+    let head = match extra {
+        [] => rewrite::upstream_head(client.header, provider, path, body.len(), JSON, &[])?,
+        _ => {
+            let set: Vec<(&str, &str)> = JSON.iter().chain(extra).copied().collect();
+            rewrite::upstream_head(client.header, provider, path, body.len(), &set, &[])?
+        }
+    };
     Ok(Outbound {
-        header,
+        head,
         body,
         translator: Some(translator),
     })
 }
 
 /// Anthropic requires a version header; the client's, if it sent one, is kept.
-fn anthropic_version(header: &mut RequestHeader) -> Result<(), ProxyError> {
-    if !header.headers.contains_key("anthropic-version") {
-        header
-            .insert_header("anthropic-version", anthropic::VERSION)
-            .map_err(internal)?;
+fn anthropic_version(client: &ClientRequest<'_>) -> rewrite::Set<'static> {
+    if client.header.headers.contains_key("anthropic-version") {
+        &[]
+    } else {
+        &[("anthropic-version", anthropic::VERSION)]
     }
-    Ok(())
 }
 
 /// The client's body with the attempt's model spliced in (no re-serialisation). A stream

@@ -1,5 +1,5 @@
 //! Steps 4–5 of the walk for LLM calls: per attempt, rewrite the request for the provider,
-//! send it over Pingora's pooled connector, and either fall back (connect error, timeout,
+//! send it over a pooled connection (`upstream::Pool`, new ones from Pingora's connector), and either fall back (connect error, timeout,
 //! 429, 5xx — all before any byte reached the client) or hand the answer to `relay`.
 //! The proxy owns the exchange because Pingora's own retry can replay at most 64 KiB of
 //! body, and each attempt needs its own model and credentials.
@@ -8,16 +8,16 @@ use super::{Ctx, Failure, Switchyard};
 use crate::error::{ErrorCode, ProxyError};
 use crate::policy::{Policy, Provider, Retry, Timeouts};
 use crate::provider::{self, ClientRequest};
-use crate::rewrite::BodyProbe;
+use crate::rewrite::{BodyProbe, COALESCE_MAX};
 use crate::route::{Attempt, Plan};
 use crate::telemetry::AttemptOutcome;
 use crate::upstream;
 use bytes::Bytes;
-use pingora::http::RequestHeader;
 use pingora::prelude::*;
-use pingora::protocols::http::client::HttpSession;
-use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession as Http1Session};
+use pingora::protocols::http::v1::client::HttpSession as Http1Session;
+use pingora::protocols::Stream;
 use pingora::proxy::Session;
+use pingora::upstreams::peer::Peer;
 use std::sync::Arc;
 
 pub struct LlmRequest {
@@ -115,7 +115,7 @@ impl Switchyard {
             let translator = out.translator;
             ctx.pause();
             let result = self
-                .attempt(provider, out.header, out.body, &plan.timeouts)
+                .attempt(provider, out.head, out.body, &plan.timeouts)
                 .await;
             ctx.resume();
             let outcome = match &result {
@@ -130,7 +130,7 @@ impl Switchyard {
                 .inc();
 
             match result {
-                Ok((up, peer)) => {
+                Ok((up, pool_key)) => {
                     let status = status_of(&up);
                     if !last && plan.retry.retries_status(status) {
                         tracing::info!(
@@ -143,9 +143,9 @@ impl Switchyard {
                         continue;
                     }
                     return match translator {
-                        None => self.relay(session, ctx, up, &peer, provider, plan).await,
+                        None => self.relay(session, ctx, up, pool_key, provider, plan).await,
                         Some(t) => {
-                            self.relay_translated(session, ctx, up, &peer, provider, plan, t)
+                            self.relay_translated(session, ctx, up, pool_key, provider, plan, t)
                                 .await
                         }
                     };
@@ -192,106 +192,74 @@ impl Switchyard {
         Err(final_error.into())
     }
 
-    /// Sends one rewritten request and reads the response header.
+    /// Sends one rewritten request and reads the response header. The session comes back
+    /// with the pool key its connection returns under once the response is read.
     async fn attempt(
         &self,
         provider: &Provider,
-        header: RequestHeader,
+        head: Vec<u8>,
         body: Bytes,
         timeouts: &Timeouts,
-    ) -> Result<(HttpSession, HttpPeer), AttemptError> {
+    ) -> Result<(Http1Session, u64), AttemptError> {
         let peer = upstream::peer_for(&self.resolver, provider, timeouts)
             .await
             .map_err(AttemptError::Connect)?;
-        let (up, reused) =
-            self.connector
-                .get_http_session(&peer)
-                .await
-                .map_err(|e| match e.etype() {
-                    ConnectTimedout => AttemptError::Timeout(e.to_string()),
-                    _ => AttemptError::Connect(e.to_string()),
-                })?;
-        let mut up = match up {
-            HttpSession::H1(h1) => {
-                let sent = send_h1(h1, &peer, &header, &body, timeouts.first_byte).await;
-                match sent {
-                    Ok(s) => HttpSession::H1(s),
-                    Err(e) => {
-                        return Err(match e.etype() {
-                            WriteTimedout => AttemptError::Timeout(e.to_string()),
-                            _ => AttemptError::Transport {
-                                msg: e.to_string(),
-                                reused,
-                            },
-                        })
-                    }
-                }
+        let key = peer.reuse_hash();
+        let (stream, reused) = match self.pool.take(key) {
+            Some(s) => (s, true),
+            None => {
+                let s = self
+                    .transport
+                    .new_stream(&peer)
+                    .await
+                    .map_err(|e| match e.etype() {
+                        ConnectTimedout => AttemptError::Timeout(e.to_string()),
+                        _ => AttemptError::Connect(e.to_string()),
+                    })?;
+                (s, false)
             }
-            other => other,
         };
-        let sent_already = matches!(up, HttpSession::H1(_));
-        up.set_read_timeout(Some(timeouts.first_byte));
-        // Pingora's own per-operation timeouts (one timer wheel, no extra tokio timer):
-        // a stalled write or a header that does not come within first_byte fails the attempt.
-        up.set_write_timeout(Some(timeouts.first_byte));
-        let exchange = async {
-            if !sent_already {
-                up.write_request_header(Box::new(header)).await?;
-                if !body.is_empty() {
-                    up.write_request_body(body, true).await?;
-                }
-                up.finish_request_body().await?;
-            }
-            up.read_response_header().await
-        };
-        match exchange.await {
-            Err(e) if matches!(e.etype(), ReadTimedout | WriteTimedout) => {
-                Err(AttemptError::Timeout(e.to_string()))
-            }
-            Err(e) => Err(AttemptError::Transport {
+        let transport = |e: Box<Error>| match e.etype() {
+            ReadTimedout | WriteTimedout => AttemptError::Timeout(e.to_string()),
+            _ => AttemptError::Transport {
                 msg: e.to_string(),
                 reused,
-            }),
-            Ok(()) => {
-                up.set_read_timeout(Some(timeouts.idle));
-                Ok((up, peer))
-            }
-        }
+            },
+        };
+        let mut up = send_h1(stream, &peer, head, &body, timeouts.first_byte)
+            .await
+            .map_err(transport)?;
+        // Pingora's own per-operation timeout (one timer wheel, no extra tokio timer): a
+        // header that does not come within first_byte fails the attempt.
+        up.read_timeout = Some(timeouts.first_byte);
+        up.read_response().await.map_err(transport)?;
+        up.read_timeout = Some(timeouts.idle);
+        Ok((up, key))
     }
 }
 
-fn status_of(up: &HttpSession) -> u16 {
-    up.response_header().map_or(0, |h| h.status.as_u16())
+fn status_of(up: &Http1Session) -> u16 {
+    up.resp_header().map_or(0, |h| h.status.as_u16())
 }
 
-/// Bodies up to this size are copied behind the header and sent in one write.
-const COALESCE_MAX: usize = 64 * 1024;
-
-/// Writes the request header and body with one flush: Pingora's client flushes the header on
-/// its own, which costs a send (and, on loopback, the peer's receive work) per request.
-/// The stream is taken out of the session, written, and wrapped in a fresh session that
-/// reads the response as usual.
+/// Writes the request head and body with one flush (Pingora's client flushes the header on
+/// its own, which costs a send, and on loopback the peer's receive work, per request), then
+/// wraps the stream in a session that reads the response as usual.
 async fn send_h1(
-    h1: Http1Session,
+    mut stream: Stream,
     peer: &HttpPeer,
-    header: &RequestHeader,
+    mut head: Vec<u8>,
     body: &Bytes,
     write_timeout: std::time::Duration,
 ) -> Result<Http1Session> {
     use tokio::io::AsyncWriteExt;
-    let wire = http_req_header_to_wire(header)
-        .ok_or_else(|| Error::explain(InvalidHTTPHeader, "request header cannot be encoded"))?;
-    let mut stream = h1.into_inner();
     let write = async {
         if body.len() <= COALESCE_MAX {
-            // One buffer, one send: the stream's own write buffer is smaller than most
-            // request bodies, so two writes would still mean two sends.
-            let mut buf = Vec::with_capacity(wire.len() + body.len());
-            buf.extend_from_slice(&wire);
-            buf.extend_from_slice(body);
-            stream.write_all(&buf).await?;
+            // One buffer, one send: the head was allocated with room for the body.
+            head.extend_from_slice(body);
+            stream.write_all(&head).await?;
         } else {
-            stream.write_all(&wire).await?;
+            stream.write_all(&head).await?;
             stream.write_all(body).await?;
         }
         stream.flush().await

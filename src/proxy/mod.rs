@@ -3,6 +3,7 @@
 //! `exchange`); passthrough hosts go down Pingora's ordinary proxy phases untouched.
 
 mod accept;
+mod batch;
 mod body;
 mod exchange;
 mod relay;
@@ -12,12 +13,11 @@ use crate::policy::{HostRule, Policy};
 use crate::rewrite;
 use crate::route::{self, RouteInput};
 use crate::state::{InFlight, State};
-use crate::upstream::{self, Resolver};
+use crate::upstream::{self, Pool, Resolver};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header;
-use pingora::connectors::http::Connector;
-use pingora::connectors::ConnectorOptions;
+use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -30,16 +30,19 @@ pub struct Switchyard {
     state: Arc<State>,
     /// The label of what is not known yet; shared so a new request allocates nothing.
     none: Arc<str>,
-    connector: Connector,
+    /// New upstream connections (TCP, TLS); idle ones are kept in `pool`, not Pingora's.
+    transport: TransportConnector,
+    pool: Arc<Pool>,
     resolver: Resolver,
 }
 
 impl Switchyard {
-    pub fn new(state: Arc<State>, options: ConnectorOptions) -> Self {
+    pub fn new(state: Arc<State>, options: ConnectorOptions, pool: Arc<Pool>) -> Self {
         Switchyard {
             state,
             none: Arc::from("none"),
-            connector: Connector::new(Some(options)),
+            transport: TransportConnector::new(Some(options)),
+            pool,
             resolver: Resolver::default(),
         }
     }
@@ -354,7 +357,7 @@ impl Switchyard {
         body: Bytes,
     ) -> Result<()> {
         ctx.status = status;
-        let mut h = ResponseHeader::build(status, Some(3))?;
+        let mut h = ResponseHeader::build_no_case(status, Some(3))?;
         h.insert_header(header::CONTENT_TYPE, "application/json")?;
         h.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
         // The request body may be unread (rejected early): do not reuse the connection.

@@ -2,6 +2,7 @@
 //! read — relayed byte for byte (usage scanned on the side) or translated from another
 //! wire format — with usage, cost, time to first token and cut streams accounted.
 
+use super::batch::{read_batch, Batch};
 use super::{Ctx, Failure, Switchyard};
 use crate::error::{ErrorCode, ProxyError};
 use crate::policy::Provider;
@@ -9,15 +10,14 @@ use crate::provider::Translator;
 use crate::route::Plan;
 use crate::usage::{JsonTail, SseScanner, Usage};
 use bytes::{Bytes, BytesMut};
-use http::header;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, StatusCode};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
-use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora::proxy::Session;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// How long an upstream connection may sit idle in the pool.
-const POOL_IDLE: Duration = Duration::from_secs(60);
 /// Largest non-streamed provider response collected for translation.
 const MAX_TRANSLATED_BODY: usize = 64 << 20;
 
@@ -27,19 +27,21 @@ impl Switchyard {
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-        mut up: HttpSession,
-        peer: &HttpPeer,
+        mut up: Http1Session,
+        pool_key: u64,
         provider: &Provider,
         plan: &Plan,
     ) -> Result<(), Failure> {
-        let upstream_header = up.response_header().ok_or_else(|| {
+        let upstream_header = up.resp_header().ok_or_else(|| {
             Failure::Answer(ProxyError::new(
                 ErrorCode::Internal,
                 "response header missing",
             ))
         })?;
-        let resp = downstream_header(upstream_header, &plan.route, provider, &ctx.model)
-            .map_err(Failure::Abort)?;
+        let resp = response_header(
+            upstream_header.status,
+            downstream_headers(upstream_header, &plan.route, provider, &ctx.model),
+        );
         ctx.status = resp.status.as_u16();
         let mut scan = Scan::for_response(&resp);
         ctx.pause();
@@ -47,45 +49,59 @@ impl Switchyard {
             self.cut("client", ctx, provider, scan.partial());
             return Err(Failure::Abort(e));
         }
+        if session.req_header().method == http::Method::HEAD {
+            // No body follows a HEAD answer, whatever its Content-Length says. The upstream
+            // session did not see the request go out, so it would wait for one: the
+            // connection is closed rather than pooled.
+            return session
+                .write_response_body(None, true)
+                .await
+                .map_err(Failure::Abort);
+        }
         let mut first = scan.is_stream();
-        loop {
-            match up.read_response_body().await {
-                Ok(Some(chunk)) => {
-                    scan.feed(&chunk);
-                    if first {
-                        first = false;
-                        self.first_token(ctx, plan);
-                    }
-                    if let Err(e) = session.write_response_body(Some(chunk), false).await {
-                        self.cut("client", ctx, provider, scan.partial());
-                        return Err(Failure::Abort(e));
-                    }
-                }
+        let mut batch = Batch::default();
+        let mut ended = false;
+        while !ended {
+            let read = read_batch(&mut up, |piece| {
+                scan.feed(&piece);
+                batch.push(piece);
+            })
+            .await;
+            let done = match read {
+                Ok(Some(done)) => done,
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::warn!(
-                        provider = &*provider.name,
-                        "upstream broke mid-response: {e}"
-                    );
-                    self.cut("upstream", ctx, provider, scan.partial());
+                    self.upstream_broke(ctx, provider, scan.partial(), &e);
                     return Err(Failure::Abort(e));
                 }
+            };
+            if first {
+                first = false;
+                self.first_token(ctx, plan);
+            }
+            ended = done.end;
+            let write = session.write_response_body(Some(batch.take()), ended).await;
+            if let Err(e) = write {
+                self.cut("client", ctx, provider, scan.partial());
+                return Err(Failure::Abort(e));
+            }
+            if let Some(e) = done.broke {
+                self.upstream_broke(ctx, provider, scan.partial(), &e);
+                return Err(Failure::Abort(e));
             }
         }
-        if let Err(e) = session.write_response_body(None, true).await {
-            self.cut("client", ctx, provider, scan.partial());
-            return Err(Failure::Abort(e));
+        if !ended {
+            if let Err(e) = session.write_response_body(None, true).await {
+                self.cut("client", ctx, provider, scan.partial());
+                return Err(Failure::Abort(e));
+            }
         }
         if let Some(u) = scan.finish() {
             self.state
                 .metrics
                 .record_usage(&provider.name, &ctx.model, &ctx.team, &u, ctx.price);
         }
-        if up.response_done() {
-            self.connector
-                .release_http_session(up, peer, Some(POOL_IDLE))
-                .await;
-        }
+        self.release(up, pool_key).await;
         Ok(())
     }
 
@@ -95,13 +111,13 @@ impl Switchyard {
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-        mut up: HttpSession,
-        peer: &HttpPeer,
+        mut up: Http1Session,
+        pool_key: u64,
         provider: &Provider,
         plan: &Plan,
         mut tr: Box<dyn Translator>,
     ) -> Result<(), Failure> {
-        let upstream_header = up.response_header().ok_or_else(|| {
+        let upstream_header = up.resp_header().ok_or_else(|| {
             Failure::Answer(ProxyError::new(
                 ErrorCode::Internal,
                 "response header missing",
@@ -114,24 +130,23 @@ impl Switchyard {
         let mut out = BytesMut::with_capacity(4096);
         let mut body = Vec::new();
         if streaming {
-            let h = if tr.keeps_upstream_headers() {
-                let mut h = downstream_header(upstream_header, &plan.route, provider, &ctx.model)
-                    .map_err(Failure::Abort)?;
-                h.remove_header(&header::CONTENT_LENGTH);
-                h.insert_header(header::TRANSFER_ENCODING, "chunked")
-                    .map_err(Failure::Abort)?;
+            let headers = if tr.keeps_upstream_headers() {
+                let mut h = downstream_headers(upstream_header, &plan.route, provider, &ctx.model);
+                h.remove(header::CONTENT_LENGTH);
+                h.insert(header::TRANSFER_ENCODING, CHUNKED);
                 h
             } else {
-                let mut h = ResponseHeader::build(status, Some(6)).map_err(Failure::Abort)?;
-                let set = |h: &mut ResponseHeader| -> pingora::Result<()> {
-                    h.insert_header(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")?;
-                    h.insert_header(header::CACHE_CONTROL, "no-cache")?;
-                    h.insert_header(header::TRANSFER_ENCODING, "chunked")?;
-                    add_route_headers(h, &plan.route, provider, &ctx.model)
-                };
-                set(&mut h).map_err(Failure::Abort)?;
+                let mut h = HeaderMap::with_capacity(6);
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/event-stream; charset=utf-8"),
+                );
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                h.insert(header::TRANSFER_ENCODING, CHUNKED);
+                add_route_headers(&mut h, &plan.route, provider, &ctx.model);
                 h
             };
+            let h = response_header(status, headers);
             ctx.status = status.as_u16();
             ctx.pause();
             if let Err(e) = session.write_response_header(Box::new(h), false).await {
@@ -139,14 +154,49 @@ impl Switchyard {
                 return Err(Failure::Abort(e));
             }
         }
-        if !streaming {
+        if streaming {
+            loop {
+                let mut spent = std::time::Duration::ZERO;
+                let read = read_batch(&mut up, |piece| {
+                    let t = Instant::now();
+                    tr.feed(&piece, &mut out);
+                    spent += t.elapsed();
+                })
+                .await;
+                ctx.overhead += spent;
+                let done = match read {
+                    Ok(Some(done)) => done,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.upstream_broke(ctx, provider, tr.so_far(), &e);
+                        return Err(Failure::Abort(e));
+                    }
+                };
+                if !out.is_empty() {
+                    if first {
+                        first = false;
+                        self.first_token(ctx, plan);
+                    }
+                    let bytes = out.split().freeze();
+                    if let Err(e) = session.write_response_body(Some(bytes), false).await {
+                        self.cut("client", ctx, provider, tr.so_far());
+                        return Err(Failure::Abort(e));
+                    }
+                }
+                if let Some(e) = done.broke {
+                    self.upstream_broke(ctx, provider, tr.so_far(), &e);
+                    return Err(Failure::Abort(e));
+                }
+                if done.end {
+                    break;
+                }
+            }
+        } else {
             // Collecting the provider's answer is upstream wait, not proxy work.
             ctx.pause();
-        }
-        loop {
-            match up.read_response_body().await {
-                Ok(Some(chunk)) => {
-                    if !streaming {
+            loop {
+                match up.read_body_bytes().await {
+                    Ok(Some(chunk)) => {
                         if body.len() + chunk.len() > MAX_TRANSLATED_BODY {
                             return Err(Failure::Answer(ProxyError::new(
                                 ErrorCode::UpstreamUnavailable,
@@ -154,37 +204,15 @@ impl Switchyard {
                             )));
                         }
                         body.extend_from_slice(&chunk);
-                        continue;
                     }
-                    let t = Instant::now();
-                    tr.feed(&chunk, &mut out);
-                    ctx.overhead += t.elapsed();
-                    if !out.is_empty() {
-                        if first {
-                            first = false;
-                            self.first_token(ctx, plan);
-                        }
-                        let bytes = out.split().freeze();
-                        if let Err(e) = session.write_response_body(Some(bytes), false).await {
-                            self.cut("client", ctx, provider, tr.so_far());
-                            return Err(Failure::Abort(e));
-                        }
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.upstream_broke(ctx, provider, tr.so_far(), &e);
+                        return Err(Failure::Answer(ProxyError::new(
+                            ErrorCode::UpstreamUnavailable,
+                            format!("provider {} broke off its response", provider.name),
+                        )));
                     }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(
-                        provider = &*provider.name,
-                        "upstream broke mid-response: {e}"
-                    );
-                    self.cut("upstream", ctx, provider, tr.so_far());
-                    if streaming {
-                        return Err(Failure::Abort(e));
-                    }
-                    return Err(Failure::Answer(ProxyError::new(
-                        ErrorCode::UpstreamUnavailable,
-                        format!("provider {} broke off its response", provider.name),
-                    )));
                 }
             }
         }
@@ -206,23 +234,24 @@ impl Switchyard {
             let cost = tr
                 .usage()
                 .and_then(|u| ctx.price.map(|p| p.cost_micros(&u)));
-            let mut h = ResponseHeader::build(status, Some(7)).map_err(Failure::Abort)?;
-            let set = |h: &mut ResponseHeader| -> pingora::Result<()> {
-                h.insert_header(header::CONTENT_TYPE, "application/json")?;
-                h.insert_header(header::CONTENT_LENGTH, translated.len().to_string())?;
-                if let Some(c) = cost {
-                    // The whole response is known before its header goes out: say its cost.
-                    h.insert_header(
-                        "x-switchyard-cost-usd",
-                        format!("{}.{:06}", c / 1_000_000, c % 1_000_000),
-                    )?;
+            let mut headers = HeaderMap::with_capacity(7);
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(translated.len()));
+            if let Some(c) = cost {
+                // The whole response is known before its header goes out: say its cost.
+                let usd = format!("{}.{:06}", c / 1_000_000, c % 1_000_000);
+                if let Ok(v) = HeaderValue::from_str(&usd) {
+                    headers.insert(COST, v);
                 }
-                if let Some(v) = retry_after {
-                    h.insert_header(header::RETRY_AFTER, v)?;
-                }
-                add_route_headers(h, &plan.route, provider, &ctx.model)
-            };
-            set(&mut h).map_err(Failure::Abort)?;
+            }
+            if let Some(v) = retry_after {
+                headers.insert(header::RETRY_AFTER, v);
+            }
+            add_route_headers(&mut headers, &plan.route, provider, &ctx.model);
+            let h = response_header(status, headers);
             ctx.status = status.as_u16();
             ctx.pause();
             if let Err(e) = session.write_response_header(Box::new(h), false).await {
@@ -247,12 +276,27 @@ impl Switchyard {
                 .metrics
                 .record_usage(&provider.name, &ctx.model, &ctx.team, &u, ctx.price);
         }
-        if up.response_done() {
-            self.connector
-                .release_http_session(up, peer, Some(POOL_IDLE))
-                .await;
-        }
+        self.release(up, pool_key).await;
         Ok(())
+    }
+
+    /// A connection whose response was read to the end goes back to the pool, unless the
+    /// provider asked to close it.
+    async fn release(&self, mut up: Http1Session, pool_key: u64) {
+        if up.is_body_done() {
+            up.respect_keepalive();
+            if let Some(stream) = up.reuse().await {
+                self.pool.put(pool_key, stream);
+            }
+        }
+    }
+
+    fn upstream_broke(&self, ctx: &Ctx, provider: &Provider, partial: Usage, e: &Error) {
+        tracing::warn!(
+            provider = &*provider.name,
+            "upstream broke mid-response: {e}"
+        );
+        self.cut("upstream", ctx, provider, partial);
     }
 
     /// The first bytes of a streamed answer reach the client.
@@ -351,35 +395,48 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-fn downstream_header(
+/// The client's response headers: the provider's, less hop-by-hop fields, plus the route
+/// headers.
+fn downstream_headers(
     up: &ResponseHeader,
     route: &str,
     provider: &Provider,
     model: &str,
-) -> Result<ResponseHeader> {
-    let mut h = ResponseHeader::build(up.status, Some(up.headers.len() + 4))?;
+) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(up.headers.len() + 4);
     for (name, value) in up.headers.iter() {
         if !HOP_BY_HOP.contains(&name.as_str()) {
-            h.append_header(name.clone(), value.clone())?;
+            headers.append(name.clone(), value.clone());
         }
     }
-    if !h.headers.contains_key(header::CONTENT_LENGTH) {
-        h.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+    if !headers.contains_key(header::CONTENT_LENGTH) {
+        headers.insert(header::TRANSFER_ENCODING, CHUNKED);
     }
-    add_route_headers(&mut h, route, provider, model)?;
-    Ok(h)
+    add_route_headers(&mut headers, route, provider, model);
+    headers
 }
 
-fn add_route_headers(
-    h: &mut ResponseHeader,
-    route: &str,
-    provider: &Provider,
-    model: &str,
-) -> Result<()> {
-    h.insert_header("x-switchyard-route", route)?;
-    h.insert_header("x-switchyard-provider", &*provider.name)?;
-    if let Ok(v) = http::HeaderValue::from_str(model) {
-        h.insert_header("x-switchyard-model", v)?;
+/// A response header from plain `http` parts. Pingora's own setters copy and re-parse every
+/// header name, which on the hot path cost more than all the other header work together.
+pub(super) fn response_header(status: StatusCode, headers: HeaderMap) -> ResponseHeader {
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = status;
+    parts.headers = headers;
+    ResponseHeader::from(parts)
+}
+
+const CHUNKED: HeaderValue = HeaderValue::from_static("chunked");
+const COST: HeaderName = HeaderName::from_static("x-switchyard-cost-usd");
+const ROUTE: HeaderName = HeaderName::from_static("x-switchyard-route");
+const PROVIDER: HeaderName = HeaderName::from_static("x-switchyard-provider");
+const MODEL: HeaderName = HeaderName::from_static("x-switchyard-model");
+
+/// Names and labels come from the validated policy; one that is not a valid header value
+/// (it cannot be, but a response must not fail over a label) is left out.
+fn add_route_headers(h: &mut HeaderMap, route: &str, provider: &Provider, model: &str) {
+    for (name, value) in [(ROUTE, route), (PROVIDER, &*provider.name), (MODEL, model)] {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
     }
-    Ok(())
 }

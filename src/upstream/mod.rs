@@ -1,5 +1,10 @@
 //! Reaching providers: asynchronous, cached DNS (Pingora's own lookup blocks the worker and
-//! panics on failure) and the peer description handed to Pingora's pooled connector.
+//! panics on failure), the peer description handed to Pingora's connector, and the pool of
+//! idle keep-alive connections.
+
+mod pool;
+
+pub use pool::Pool;
 
 use crate::policy::{Provider, Timeouts};
 use ahash::AHashMap;
@@ -7,6 +12,11 @@ use pingora::upstreams::peer::HttpPeer;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// How long an upstream connection may sit idle before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often idle connections are checked for expiry or a close by the provider.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 const DNS_TTL: Duration = Duration::from_secs(30);
 /// A stale answer is still used for this long when a refresh fails.
@@ -89,6 +99,6 @@ pub fn peer_at(addr: SocketAddr, tls: bool, sni: &str, connect: Duration) -> Htt
     let mut peer = HttpPeer::new(addr, tls, sni.to_string());
     peer.options.connection_timeout = Some(connect);
     peer.options.total_connection_timeout = Some(connect);
-    peer.options.idle_timeout = Some(Duration::from_secs(60));
+    peer.options.idle_timeout = Some(IDLE_TIMEOUT);
     peer
 }
