@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, Rust unit and end-to-end tests (real binary,
 # real sockets, bundled mock upstream), then the official Python SDKs end to end.
+# Built with the `ci` profile: release optimisation without the LTO link (see Cargo.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -10,8 +11,8 @@ scripts/setup.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --release --all-targets -- -D warnings
+cargo clippy --profile ci --all-targets -- -D warnings
 echo "== cargo test"
-cargo test --release
+cargo test --profile ci
 echo "== python SDK tests"
-SWITCHYARD_BIN="$CARGO_TARGET_DIR/release/switchyard" .venv/bin/pytest -q tests/python
+SWITCHYARD_BIN="$CARGO_TARGET_DIR/ci/switchyard" .venv/bin/pytest -q tests/python

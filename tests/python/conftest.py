@@ -18,7 +18,7 @@ def binary() -> str:
     if explicit:
         return explicit
     target = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))
-    return str(Path(target) / "release" / "switchyard")
+    return str(Path(target) / "ci" / "switchyard")
 
 
 def free_port() -> int:
