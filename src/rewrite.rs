@@ -85,29 +85,78 @@ pub fn with_usage_requested(body: &Bytes, probe: &BodyProbe, model: Option<&str>
     }
     let spliced = with_model(body, &probe.model_span, model);
     let mut out = BytesMut::with_capacity(spliced.len() + INCLUDE_USAGE.len());
-    out.extend_from_slice(&spliced[..=open]);
+    out.extend_from_slice(&body[..=open]);
     out.extend_from_slice(INCLUDE_USAGE);
-    out.extend_from_slice(&spliced[open + 1..]);
+    // The rest of the spliced body: `{` comes before `"model"`, so its pieces start with it.
+    let mut skip = open + 1;
+    for piece in spliced.pieces() {
+        if skip >= piece.len() {
+            skip -= piece.len();
+            continue;
+        }
+        out.extend_from_slice(&piece[skip..]);
+        skip = 0;
+    }
     Some(out.freeze())
 }
 
+/// A request body as the pieces it goes out in: the client's bytes either side of a
+/// spliced-in model are shared with the client's body, not copied (a 256 KB body was
+/// copied whole just to change a dozen bytes).
+#[derive(Clone, Debug, Default)]
+pub struct Body([Bytes; 3]);
+
+impl Body {
+    pub fn len(&self) -> usize {
+        self.0.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn pieces(&self) -> &[Bytes; 3] {
+        &self.0
+    }
+
+    /// One contiguous copy, for the paths that need the body as a whole.
+    pub fn to_bytes(&self) -> Bytes {
+        match &self.0 {
+            [whole, b, c] if b.is_empty() && c.is_empty() => whole.clone(),
+            pieces => {
+                let mut out = BytesMut::with_capacity(self.len());
+                for p in pieces {
+                    out.extend_from_slice(p);
+                }
+                out.freeze()
+            }
+        }
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(whole: Bytes) -> Body {
+        Body([whole, Bytes::new(), Bytes::new()])
+    }
+}
+
 /// The body with the model value replaced; the original bytes when there is nothing to swap.
-pub fn with_model(body: &Bytes, span: &Range<usize>, model: Option<&str>) -> Bytes {
+pub fn with_model(body: &Bytes, span: &Range<usize>, model: Option<&str>) -> Body {
     let Some(model) = model else {
-        return body.clone();
+        return body.clone().into();
     };
     let quoted = match serde_json::to_string(model) {
         Ok(q) => q,
-        Err(_) => return body.clone(),
+        Err(_) => return body.clone().into(),
     };
-    if body.get(span.clone()) == Some(quoted.as_bytes()) {
-        return body.clone();
+    if body.get(span.clone()) == Some(quoted.as_bytes()) || span.end > body.len() {
+        return body.clone().into();
     }
-    let mut out = BytesMut::with_capacity(body.len() - span.len() + quoted.len());
-    out.extend_from_slice(&body[..span.start]);
-    out.extend_from_slice(quoted.as_bytes());
-    out.extend_from_slice(&body[span.end..]);
-    out.freeze()
+    Body([
+        body.slice(..span.start),
+        Bytes::from(quoted),
+        body.slice(span.end..),
+    ])
 }
 
 /// Headers never forwarded: hop-by-hop ones, the client's credentials, and those the proxy
@@ -300,14 +349,16 @@ mod tests {
         let p = probe(&body).unwrap().unwrap();
         let out = with_model(&body, &p.model_span, Some("llama \"3\""));
         assert_eq!(
-            &out[..],
+            &out.to_bytes()[..],
             br#"{ "model":"llama \"3\"",  "temperature":0.70, "x":"\u00e9" }"#
         );
-        // unchanged model: same allocation
+        // The client's bytes are shared, not copied.
+        assert_eq!(out.pieces()[0].as_ptr(), body.as_ptr());
+        // unchanged model: the body as it came
         let same = with_model(&body, &p.model_span, Some("gpt-4o"));
-        assert_eq!(same.as_ptr(), body.as_ptr());
+        assert_eq!(same.to_bytes().as_ptr(), body.as_ptr());
         let keep = with_model(&body, &p.model_span, None);
-        assert_eq!(keep.as_ptr(), body.as_ptr());
+        assert_eq!(keep.to_bytes().as_ptr(), body.as_ptr());
     }
 
     fn provider(base: &str) -> Provider {

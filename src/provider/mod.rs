@@ -155,7 +155,7 @@ impl<'a> Chat<'a> {
 pub struct Outbound {
     /// Request line and headers in wire form (`rewrite::upstream_head`).
     pub head: Vec<u8>,
-    pub body: Bytes,
+    pub body: rewrite::Body,
     /// `None`: the response is relayed byte for byte.
     pub translator: Option<Box<dyn Translator>>,
 }
@@ -375,7 +375,7 @@ fn anthropic_ingress(
             )?;
             return Ok(Outbound {
                 head,
-                body,
+                body: body.into(),
                 translator: Some(translator),
             });
         }
@@ -395,7 +395,7 @@ fn anthropic_ingress(
             &p.model_span,
             attempt.upstream_model.as_deref(),
         ),
-        None => client.body.clone(),
+        None => client.body.clone().into(),
     };
     let path = format!("{}{}", provider.base_path, client.path_and_query);
     let set = anthropic_version(client);
@@ -427,7 +427,7 @@ fn json_outbound(
     };
     Ok(Outbound {
         head,
-        body,
+        body: body.into(),
         translator: Some(translator),
     })
 }
@@ -446,13 +446,13 @@ fn anthropic_version(client: &ClientRequest<'_>) -> rewrite::Set<'static> {
 fn openai_body(
     client: &ClientRequest<'_>,
     attempt: &Attempt,
-) -> (Bytes, Option<Box<dyn Translator>>) {
+) -> (rewrite::Body, Option<Box<dyn Translator>>) {
     let model = attempt.upstream_model.as_deref();
     match client.probe {
         Some(p) => match rewrite::with_usage_requested(client.body, p, model) {
-            Some(body) => (body, Some(Box::new(openai::HideUsage::default()))),
+            Some(body) => (body.into(), Some(Box::new(openai::HideUsage::default()))),
             None => (rewrite::with_model(client.body, &p.model_span, model), None),
         },
-        None => (client.body.clone(), None),
+        None => (client.body.clone().into(), None),
     }
 }
