@@ -67,11 +67,13 @@ pub fn run(config_path: PathBuf) -> Result<(), String> {
 /// A small runtime of our own for the reload watcher, the readiness probe, and the sweeper
 /// of idle upstream connections.
 fn spawn_background(state: Arc<State>, proxy_addr: String, pool: Arc<Pool>) -> Result<(), String> {
+    let for_sweep = state.clone();
     std::thread::Builder::new()
         .name("pool-sweep".into())
         .spawn(move || loop {
             std::thread::sleep(crate::upstream::SWEEP_EVERY);
             pool.sweep();
+            for_sweep.metrics.upstream_idle.set(pool.idle() as i64);
         })
         .map_err(|e| format!("cannot start the pool sweeper: {e}"))?;
     let st = state.clone();

@@ -13,6 +13,11 @@ pub struct Metrics {
     pub time_to_first_token: HistogramVec,
     pub proxy_overhead: HistogramVec,
     pub upstream_attempts: IntCounterVec,
+    /// New upstream connections (a pooled one reused is not counted): with keep-alive
+    /// working this grows with concurrency, not with requests.
+    pub upstream_connects: IntCounterVec,
+    /// Idle keep-alive connections held, as of the last sweep.
+    pub upstream_idle: IntGauge,
     pub fallbacks: IntCounterVec,
     pub errors: IntCounterVec,
     pub passthrough_requests: IntCounterVec,
@@ -132,6 +137,17 @@ impl Metrics {
                 "switchyard_upstream_attempts_total",
                 "Upstream attempts by provider and outcome",
                 &["provider", "outcome"],
+            ),
+            upstream_connects: counter(
+                &registry,
+                "switchyard_upstream_connects_total",
+                "New connections opened to providers",
+                &["provider"],
+            ),
+            upstream_idle: gauge(
+                &registry,
+                "switchyard_upstream_idle_connections",
+                "Idle keep-alive connections to providers, as of the last pool sweep",
             ),
             fallbacks: counter(
                 &registry,

@@ -216,6 +216,11 @@ impl Switchyard {
                         ConnectTimedout => AttemptError::Timeout(e.to_string()),
                         _ => AttemptError::Connect(e.to_string()),
                     })?;
+                self.state
+                    .metrics
+                    .upstream_connects
+                    .with_label_values(&[&*provider.name])
+                    .inc();
                 (s, false)
             }
         };
