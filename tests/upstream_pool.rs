@@ -17,6 +17,14 @@ const ANSWER: &str = r#"{"id":"c","object":"chat.completion","model":"m","choice
 /// set it closes each connection shortly after answering, as providers do with idle
 /// keep-alive connections (without saying so in a `Connection: close` header).
 async fn upstream(close_idle: Option<Duration>) -> (u16, Arc<AtomicUsize>) {
+    upstream_with(close_idle, "").await
+}
+
+/// The same, sending `informational` (1xx answers) ahead of every response.
+async fn upstream_with(
+    close_idle: Option<Duration>,
+    informational: &'static str,
+) -> (u16, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -24,13 +32,13 @@ async fn upstream(close_idle: Option<Duration>) -> (u16, Arc<AtomicUsize>) {
     tokio::spawn(async move {
         while let Ok((conn, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(serve(conn, close_idle));
+            tokio::spawn(serve(conn, close_idle, informational));
         }
     });
     (port, accepted)
 }
 
-async fn serve(mut conn: TcpStream, close_idle: Option<Duration>) {
+async fn serve(mut conn: TcpStream, close_idle: Option<Duration>, informational: &str) {
     let mut buf = Vec::new();
     loop {
         // One request: header, then Content-Length bytes of body.
@@ -59,7 +67,7 @@ async fn serve(mut conn: TcpStream, close_idle: Option<Duration>) {
         }
         buf.drain(..head_end + len);
         let resp = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+            "{informational}HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
             ANSWER.len(),
             ANSWER
         );
@@ -135,4 +143,26 @@ async fn a_connection_the_provider_closed_is_not_reused() {
         .metric("switchyard_upstream_attempts_total{outcome=\"error\",provider=\"up\"}")
         .await;
     assert_eq!(failed, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn informational_answers_before_the_response_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let early = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\n";
+    let (port, accepted) = upstream_with(None, early).await;
+    let sc = start_proxy(dir.path(), &policy(port));
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let resp = client
+            .post(format!("{}/v1/chat/completions", sc.url()))
+            .json(&chat_body("m", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["choices"][0]["message"]["content"], "ok");
+    }
+    // The connection stayed usable across the informational answers.
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }

@@ -83,7 +83,14 @@ pub(super) fn compile_provider(
     for (k, v) in &rp.headers {
         let f = format!("{field}.headers.{k}");
         let v = expand_secret(v, env).map_err(|m| ConfigError::new(&f, m))?;
-        extra_headers.push((header_name(&f, k)?, header_value(&f, &v)?));
+        let name = header_name(&f, k)?;
+        if PROXY_SET.contains(&name.as_str()) || auth.as_ref().is_some_and(|(a, _)| *a == name) {
+            return Err(ConfigError::new(
+                &f,
+                "set by the proxy itself (framing, host, encoding or the api_key credential)",
+            ));
+        }
+        extra_headers.push((name, header_value(&f, &v)?));
     }
     let ca = match &rp.ca_file {
         Some(path) => {
@@ -197,3 +204,20 @@ pub(super) fn split_host_port(s: &str) -> Option<(&str, Option<u16>)> {
         None => Some((s, None)),
     }
 }
+
+/// Headers the proxy writes on every upstream request: a provider's `headers:` may not set
+/// them (a second Host or Content-Length would make the request ambiguous).
+const PROXY_SET: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "accept-encoding",
+    "content-type",
+];

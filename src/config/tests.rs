@@ -102,6 +102,27 @@ fn unknown_keys_are_errors_naming_the_field() {
 }
 
 #[test]
+fn provider_headers_cannot_override_what_the_proxy_sets() {
+    for (name, field) in [
+        ("Content-Length", "providers.a.headers.Content-Length"),
+        ("host", "providers.a.headers.host"),
+        ("authorization", "providers.a.headers.authorization"),
+    ] {
+        let e = err(&format!(
+            "providers:\n  a: {{ format: openai, base_url: \"http://x\", api_key: k, headers: {{ {name}: v }} }}\n"
+        ));
+        assert_eq!(e.field, field, "{e}");
+    }
+    // Without an api_key, an Authorization header of the operator's is the credential.
+    let ok = from_str(
+        "providers:\n  a: { format: openai, base_url: \"http://x\", headers: { authorization: Bearer t, openai-organization: o } }\n",
+        &env(),
+        1,
+    );
+    assert!(ok.is_ok(), "{:?}", ok.err());
+}
+
+#[test]
 fn precise_errors() {
     let e = err(&GOOD.replace(
         "targets: [ { model: gpt-4o-mini",

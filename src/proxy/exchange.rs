@@ -18,6 +18,7 @@ use pingora::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora::protocols::Stream;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::Peer;
+use pingora::RetryType;
 use std::sync::Arc;
 
 pub struct LlmRequest {
@@ -33,9 +34,14 @@ enum AttemptError {
     /// The connection broke while sending the request or reading the response header.
     Transport {
         msg: String,
-        reused: bool,
+        /// A pooled connection that failed the way a connection the provider had closed
+        /// fails: the request cannot have been processed, so it may be sent again.
+        replayable: bool,
     },
 }
+
+/// Informational answers (100 Continue, 103 Early Hints) skipped before the real one.
+const MAX_INFORMATIONAL: usize = 8;
 
 /// A plan for a model-less call to a provider's own host: that provider, as sent.
 pub fn direct_plan(provider: usize) -> Plan {
@@ -89,6 +95,7 @@ impl Switchyard {
         ctx.route = plan.route.clone();
         let mut n = 0;
         let mut fresh_retry_used = false;
+        let mut fresh = false;
         let final_error = loop {
             let Some(attempt) = plan.attempt(n) else {
                 break ProxyError::new(ErrorCode::UpstreamUnavailable, "no attempt left");
@@ -115,8 +122,9 @@ impl Switchyard {
             let translator = out.translator;
             ctx.pause();
             let result = self
-                .attempt(provider, out.head, out.body, &plan.timeouts)
+                .attempt(provider, out.head, out.body, &plan.timeouts, fresh)
                 .await;
+            fresh = false;
             ctx.resume();
             let outcome = match &result {
                 Ok((up, _)) => AttemptOutcome::from_status(status_of(up)),
@@ -142,22 +150,31 @@ impl Switchyard {
                         n += 1;
                         continue;
                     }
+                    let head = session.req_header().method == http::Method::HEAD;
                     return match translator {
+                        // A HEAD answer has no body to translate.
                         None => self.relay(session, ctx, up, pool_key, provider, plan).await,
+                        Some(_) if head => {
+                            self.relay(session, ctx, up, pool_key, provider, plan).await
+                        }
                         Some(t) => {
                             self.relay_translated(session, ctx, up, pool_key, provider, plan, t)
                                 .await
                         }
                     };
                 }
-                Err(AttemptError::Transport { msg, reused: true }) if !fresh_retry_used => {
-                    // A pooled connection the server had already closed: one more try on a
-                    // fresh one, not counted against the plan.
+                Err(AttemptError::Transport {
+                    msg,
+                    replayable: true,
+                }) if !fresh_retry_used => {
+                    // A pooled connection the provider closed as it was taken: one more try
+                    // on a new connection, not counted against the plan.
                     tracing::debug!(
                         provider = &*provider.name,
-                        "reused connection failed ({msg}); retrying fresh"
+                        "reused connection failed ({msg}); retrying on a new one"
                     );
                     fresh_retry_used = true;
+                    fresh = true;
                     continue;
                 }
                 Err(AttemptError::Connect(msg)) | Err(AttemptError::Transport { msg, .. }) => {
@@ -193,19 +210,22 @@ impl Switchyard {
     }
 
     /// Sends one rewritten request and reads the response header. The session comes back
-    /// with the pool key its connection returns under once the response is read.
+    /// with the pool key its connection returns under once the response is read. `fresh`
+    /// skips the pool (the retry after a pooled connection failed).
     async fn attempt(
         &self,
         provider: &Provider,
         head: Vec<u8>,
         body: Body,
         timeouts: &Timeouts,
+        fresh: bool,
     ) -> Result<(Http1Session, u64), AttemptError> {
         let peer = upstream::peer_for(&self.resolver, provider, timeouts)
             .await
             .map_err(AttemptError::Connect)?;
         let key = peer.reuse_hash();
-        let (stream, reused) = match self.pool.take(key) {
+        let pooled = if fresh { None } else { self.pool.take(key) };
+        let (stream, reused) = match pooled {
             Some(s) => (s, true),
             None => {
                 let s = self
@@ -224,20 +244,34 @@ impl Switchyard {
                 (s, false)
             }
         };
-        let transport = |e: Box<Error>| match e.etype() {
+        // Replayed only when the request cannot have been processed: writing it failed, or
+        // the connection closed before any answer (Pingora marks those `ReusedOnly`).
+        // Anything else may have run the call at the provider: not sent twice.
+        let transport = |e: Box<Error>, sending: bool| match e.etype() {
             ReadTimedout | WriteTimedout => AttemptError::Timeout(e.to_string()),
             _ => AttemptError::Transport {
+                replayable: reused && (sending || matches!(e.retry, RetryType::ReusedOnly)),
                 msg: e.to_string(),
-                reused,
             },
         };
         let mut up = send_h1(stream, &peer, head, &body, timeouts.first_byte)
             .await
-            .map_err(transport)?;
+            .map_err(|e| transport(e, true))?;
         // Pingora's own per-operation timeout (one timer wheel, no extra tokio timer): a
         // header that does not come within first_byte fails the attempt.
         up.read_timeout = Some(timeouts.first_byte);
-        up.read_response().await.map_err(transport)?;
+        up.read_response().await.map_err(|e| transport(e, false))?;
+        let mut informational = 0;
+        while matches!(status_of(&up), 100..=199) && status_of(&up) != 101 {
+            informational += 1;
+            if informational > MAX_INFORMATIONAL {
+                return Err(AttemptError::Transport {
+                    msg: "too many informational responses".into(),
+                    replayable: false,
+                });
+            }
+            up.read_response().await.map_err(|e| transport(e, false))?;
+        }
         up.read_timeout = Some(timeouts.idle);
         Ok((up, key))
     }
