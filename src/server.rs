@@ -31,6 +31,11 @@ pub fn run(config_path: PathBuf) -> Result<(), String> {
 
     let conf = ServerConf {
         threads,
+        // Every Pingora timeout on tokio's timer wheel. Pingora's own "fast" timers need a
+        // clock thread that wakes every 10 ms with or without traffic: 4.3 ms of CPU a
+        // second idle, in every pod. Measured under load, tokio's are no dearer
+        // (callgrind 77.4k vs 78.8k instructions per request).
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         // Our drain monitor exits first; this is only the backstop.
         grace_period_seconds: Some(grace.as_secs() + 2),
         graceful_shutdown_timeout_seconds: Some(1),
