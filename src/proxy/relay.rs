@@ -45,10 +45,10 @@ impl Switchyard {
         ctx.status = resp.status.as_u16();
         let mut scan = Scan::for_response(&resp);
         ctx.pause();
-        if let Err(e) = session.write_response_header(Box::new(resp), false).await {
-            self.cut("client", ctx, provider, scan.partial());
-            return Err(Failure::Abort(e));
-        }
+        session
+            .write_response_header(Box::new(resp), false)
+            .await
+            .map_err(|e| self.client_cut(ctx, provider, scan.partial(), e))?;
         if session.req_header().method == http::Method::HEAD {
             // No body follows a HEAD answer, whatever its Content-Length says. The upstream
             // session did not see the request go out, so it would wait for one: the
@@ -80,28 +80,23 @@ impl Switchyard {
                 self.first_token(ctx, plan);
             }
             ended = done.end;
-            let write = session.write_response_body(Some(batch.take()), ended).await;
-            if let Err(e) = write {
-                self.cut("client", ctx, provider, scan.partial());
-                return Err(Failure::Abort(e));
-            }
+            session
+                .write_response_body(Some(batch.take()), ended)
+                .await
+                .map_err(|e| self.client_cut(ctx, provider, scan.partial(), e))?;
             if let Some(e) = done.broke {
                 self.upstream_broke(ctx, provider, scan.partial(), &e);
                 return Err(Failure::Abort(e));
             }
         }
         if !ended {
-            if let Err(e) = session.write_response_body(None, true).await {
-                self.cut("client", ctx, provider, scan.partial());
-                return Err(Failure::Abort(e));
-            }
+            session
+                .write_response_body(None, true)
+                .await
+                .map_err(|e| self.client_cut(ctx, provider, scan.partial(), e))?;
         }
-        if let Some(u) = scan.finish() {
-            self.state
-                .metrics
-                .record_usage(&provider.name, &ctx.model, &ctx.team, &u, ctx.price);
-        }
-        self.release(up, pool_key).await;
+        self.completed(ctx, provider, scan.finish(), up, pool_key)
+            .await;
         Ok(())
     }
 
@@ -149,10 +144,10 @@ impl Switchyard {
             let h = response_header(status, headers);
             ctx.status = status.as_u16();
             ctx.pause();
-            if let Err(e) = session.write_response_header(Box::new(h), false).await {
-                self.cut("client", ctx, provider, tr.so_far());
-                return Err(Failure::Abort(e));
-            }
+            session
+                .write_response_header(Box::new(h), false)
+                .await
+                .map_err(|e| self.client_cut(ctx, provider, tr.so_far(), e))?;
         }
         if streaming {
             loop {
@@ -178,10 +173,10 @@ impl Switchyard {
                         self.first_token(ctx, plan);
                     }
                     let bytes = out.split().freeze();
-                    if let Err(e) = session.write_response_body(Some(bytes), false).await {
-                        self.cut("client", ctx, provider, tr.so_far());
-                        return Err(Failure::Abort(e));
-                    }
+                    session
+                        .write_response_body(Some(bytes), false)
+                        .await
+                        .map_err(|e| self.client_cut(ctx, provider, tr.so_far(), e))?;
                 }
                 if let Some(e) = done.broke {
                     self.upstream_broke(ctx, provider, tr.so_far(), &e);
@@ -254,30 +249,48 @@ impl Switchyard {
             let h = response_header(status, headers);
             ctx.status = status.as_u16();
             ctx.pause();
-            if let Err(e) = session.write_response_header(Box::new(h), false).await {
-                self.cut("client", ctx, provider, tr.so_far());
-                return Err(Failure::Abort(e));
-            }
-            if let Err(e) = session.write_response_body(Some(translated), true).await {
-                self.cut("client", ctx, provider, tr.so_far());
-                return Err(Failure::Abort(e));
-            }
+            session
+                .write_response_header(Box::new(h), false)
+                .await
+                .map_err(|e| self.client_cut(ctx, provider, tr.so_far(), e))?;
+            session
+                .write_response_body(Some(translated), true)
+                .await
+                .map_err(|e| self.client_cut(ctx, provider, tr.so_far(), e))?;
         } else {
             tr.finish(&mut out);
             let rest = out.split().freeze();
-            let write = session.write_response_body(Some(rest), true).await;
-            if let Err(e) = write {
-                self.cut("client", ctx, provider, tr.so_far());
-                return Err(Failure::Abort(e));
-            }
+            session
+                .write_response_body(Some(rest), true)
+                .await
+                .map_err(|e| self.client_cut(ctx, provider, tr.so_far(), e))?;
         }
-        if let Some(u) = tr.usage() {
+        self.completed(ctx, provider, tr.usage(), up, pool_key)
+            .await;
+        Ok(())
+    }
+
+    /// A response relayed to its end: its usage accounted, its connection released.
+    async fn completed(
+        &self,
+        ctx: &Ctx,
+        provider: &Provider,
+        usage: Option<Usage>,
+        up: Http1Session,
+        pool_key: u64,
+    ) {
+        if let Some(u) = usage {
             self.state
                 .metrics
                 .record_usage(&provider.name, &ctx.model, &ctx.team, &u, ctx.price);
         }
         self.release(up, pool_key).await;
-        Ok(())
+    }
+
+    /// A failed write to the client is a cut by the client, accounted with what went so far.
+    fn client_cut(&self, ctx: &Ctx, provider: &Provider, partial: Usage, e: Box<Error>) -> Failure {
+        self.cut("client", ctx, provider, partial);
+        Failure::Abort(e)
     }
 
     /// A connection whose response was read to the end goes back to the pool, unless the
