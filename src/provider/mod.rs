@@ -126,17 +126,8 @@ impl<'a> Chat<'a> {
                 ),
             ));
         }
-        let req: serde_json::Value = serde_json::from_slice(client.body).map_err(|e| {
-            ProxyError::new(
-                ErrorCode::InvalidRequest,
-                format!("request body is not valid JSON: {e}"),
-            )
-        })?;
-        let model = attempt
-            .upstream_model
-            .as_deref()
-            .or(client.probe.map(|p| p.model.as_str()))
-            .unwrap_or_default();
+        let req = client.json()?;
+        let model = client.model_for(attempt).unwrap_or_default();
         let stream = req.get("stream").and_then(|v| v.as_bool()) == Some(true);
         let include_usage = req
             .pointer("/stream_options/include_usage")
@@ -168,6 +159,30 @@ pub struct ClientRequest<'a> {
     pub path_and_query: &'a str,
     pub body: &'a Bytes,
     pub probe: Option<&'a BodyProbe>,
+}
+
+impl<'c> ClientRequest<'c> {
+    /// The body as a JSON value, for the translating paths (the relaying ones never parse
+    /// it whole).
+    fn json(&self) -> Result<serde_json::Value, ProxyError> {
+        serde_json::from_slice(self.body).map_err(|e| {
+            ProxyError::new(
+                ErrorCode::InvalidRequest,
+                format!("request body is not valid JSON: {e}"),
+            )
+        })
+    }
+
+    /// The model this attempt sends: the route's upstream name, else the client's own.
+    fn model_for<'a>(&self, attempt: &'a Attempt) -> Option<&'a str>
+    where
+        'c: 'a,
+    {
+        attempt
+            .upstream_model
+            .as_deref()
+            .or(self.probe.map(|p| p.model.as_str()))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,16 +278,12 @@ pub fn outbound(
         }
         Format::AzureOpenAi => {
             let (body, translator) = openai_body(client, attempt);
-            let deployment = attempt
-                .upstream_model
-                .as_deref()
-                .or(client.probe.map(|p| p.model.as_str()))
-                .ok_or_else(|| {
-                    ProxyError::new(
-                        ErrorCode::InvalidRequest,
-                        "Azure OpenAI needs a model (its deployment)",
-                    )
-                })?;
+            let deployment = client.model_for(attempt).ok_or_else(|| {
+                ProxyError::new(
+                    ErrorCode::InvalidRequest,
+                    "Azure OpenAI needs a model (its deployment)",
+                )
+            })?;
             let path = azure::path(provider, client.path_and_query, deployment);
             let head =
                 rewrite::upstream_head(client.header, provider, &path, body.len(), &[], &[])?;
@@ -341,17 +352,8 @@ fn anthropic_ingress(
         Format::Anthropic => {}
         Format::OpenAi | Format::AzureOpenAi => {
             // Translated: Messages request → chat completion, answer back to Messages.
-            let req: serde_json::Value = serde_json::from_slice(client.body).map_err(|e| {
-                ProxyError::new(
-                    ErrorCode::InvalidRequest,
-                    format!("request body is not valid JSON: {e}"),
-                )
-            })?;
-            let model = attempt
-                .upstream_model
-                .as_deref()
-                .or(client.probe.map(|p| p.model.as_str()))
-                .unwrap_or_default();
+            let req = client.json()?;
+            let model = client.model_for(attempt).unwrap_or_default();
             let translated = messages::request(&req, model)?;
             let stream = translated.get("stream").and_then(|v| v.as_bool()) == Some(true);
             let body = Bytes::from(translated.to_string());
