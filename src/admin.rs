@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/config`.
 
+use crate::error::{ErrorCode, ProxyError};
 use crate::state::State;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -32,13 +33,34 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let path = session.req_header().uri.path().to_string();
+        let req = session.req_header();
+        if req.method != http::Method::GET && req.method != http::Method::HEAD {
+            let e = ProxyError::new(
+                ErrorCode::MethodNotAllowed,
+                "the admin endpoints answer GET and HEAD only",
+            );
+            let mut r = reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "application/json",
+                e.body().to_vec(),
+            );
+            r.headers_mut().insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_static("GET, HEAD"),
+            );
+            return r;
+        }
+        let path = req.uri.path().to_string();
         match path.as_str() {
-            "/metrics" => reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                self.state.metrics.render(),
-            ),
+            "/metrics" => {
+                let used = self.state.body_memory_used();
+                self.state.metrics.body_memory.set(used as i64);
+                reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    self.state.metrics.render(),
+                )
+            }
             "/healthz" => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
                 if self.state.is_ready() {

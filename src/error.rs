@@ -10,6 +10,9 @@ pub enum ErrorCode {
     HostNotAllowed,
     MethodNotAllowed,
     PayloadTooLarge,
+    HeaderTooLarge,
+    RequestTimeout,
+    Overloaded,
     UpstreamUnavailable,
     UpstreamTimeout,
     Internal,
@@ -23,6 +26,9 @@ impl ErrorCode {
             ErrorCode::HostNotAllowed => "host_not_allowed",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::HeaderTooLarge => "header_too_large",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::Overloaded => "overloaded",
             ErrorCode::UpstreamUnavailable => "upstream_unavailable",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::Internal => "internal_error",
@@ -36,6 +42,9 @@ impl ErrorCode {
             ErrorCode::HostNotAllowed => 403,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::HeaderTooLarge => 431,
+            ErrorCode::RequestTimeout => 408,
+            ErrorCode::Overloaded => 503,
             ErrorCode::UpstreamUnavailable => 502,
             ErrorCode::UpstreamTimeout => 504,
             ErrorCode::Internal => 500,
@@ -48,11 +57,14 @@ impl ErrorCode {
             ErrorCode::InvalidRequest
             | ErrorCode::ModelNotFound
             | ErrorCode::MethodNotAllowed
-            | ErrorCode::PayloadTooLarge => "invalid_request_error",
+            | ErrorCode::PayloadTooLarge
+            | ErrorCode::HeaderTooLarge
+            | ErrorCode::RequestTimeout => "invalid_request_error",
             ErrorCode::HostNotAllowed => "permission_error",
-            ErrorCode::UpstreamUnavailable | ErrorCode::UpstreamTimeout | ErrorCode::Internal => {
-                "api_error"
-            }
+            ErrorCode::Overloaded
+            | ErrorCode::UpstreamUnavailable
+            | ErrorCode::UpstreamTimeout
+            | ErrorCode::Internal => "api_error",
         }
     }
 }
@@ -63,11 +75,35 @@ pub struct ProxyError {
     pub message: String,
 }
 
+/// The longest message an error carries: whatever a client value it echoes, the answer
+/// (and any log line) stays small.
+const MAX_MESSAGE: usize = 512;
+/// The longest client value (a model name, a host, a path) echoed inside a message.
+const MAX_ECHO: usize = 80;
+
+/// `s` cut to at most `max` bytes on a character boundary, marked when cut.
+fn cut(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("…");
+    }
+    s
+}
+
+/// A client-supplied value, shortened for echoing in an error message.
+pub fn clip(value: &str) -> String {
+    cut(value.to_string(), MAX_ECHO)
+}
+
 impl ProxyError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ProxyError {
             code,
-            message: message.into(),
+            message: cut(message.into(), MAX_MESSAGE),
         }
     }
 
@@ -78,10 +114,14 @@ impl ProxyError {
     /// The error in Anthropic's shape, for clients of `/v1/messages` (the stable code kept).
     pub fn anthropic_body(&self) -> Bytes {
         let kind = match self.code {
-            ErrorCode::InvalidRequest | ErrorCode::MethodNotAllowed => "invalid_request_error",
+            ErrorCode::InvalidRequest
+            | ErrorCode::MethodNotAllowed
+            | ErrorCode::HeaderTooLarge
+            | ErrorCode::RequestTimeout => "invalid_request_error",
             ErrorCode::ModelNotFound => "not_found_error",
             ErrorCode::HostNotAllowed => "permission_error",
             ErrorCode::PayloadTooLarge => "request_too_large",
+            ErrorCode::Overloaded => "overloaded_error",
             ErrorCode::UpstreamUnavailable | ErrorCode::UpstreamTimeout | ErrorCode::Internal => {
                 "api_error"
             }
@@ -115,6 +155,16 @@ impl std::fmt::Display for ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn echoed_values_are_short() {
+        let long = "é".repeat(600_000);
+        assert!(clip(&long).len() <= MAX_ECHO + "…".len());
+        let e = ProxyError::new(ErrorCode::ModelNotFound, long);
+        assert!(e.message.len() <= MAX_MESSAGE + "…".len());
+        assert!(e.message.ends_with('…'));
+        assert_eq!(clip("gpt-4o"), "gpt-4o");
+    }
 
     #[test]
     fn openai_shape() {

@@ -14,6 +14,10 @@ pub struct Policy {
     pub generation: u64,
     pub listen: ListenAddrs,
     pub max_body_bytes: u64,
+    /// How long a client connection may idle, trickle a header or a body.
+    pub client: ClientLimits,
+    /// Memory all request bodies may hold together (the semaphore is sized at start).
+    pub max_body_memory_bytes: u64,
     pub grace_period: Duration,
     pub threads: usize,
     /// CA bundle for upstream TLS (read once at start; `None` = OpenSSL's defaults).
@@ -30,6 +34,18 @@ pub struct Policy {
     pub redacted: serde_json::Value,
     /// List prices, for models routed by name without a catalog entry (passthrough).
     pub prices: crate::price::Catalog,
+}
+
+/// What a client connection is allowed before it is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// The whole request header block, from its first byte (or the connection's start).
+    pub header_timeout: Duration,
+    /// The whole request body.
+    pub body_timeout: Duration,
+    /// Between requests on a kept-alive connection.
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -27,9 +27,13 @@ pub fn reload(state: &State) -> Outcome {
             if policy.redacted == current.redacted && same_secrets(&policy, &current) {
                 return Outcome::Unchanged;
             }
-            if policy.listen != current.listen || policy.threads != current.threads {
+            if policy.listen != current.listen
+                || policy.threads != current.threads
+                || policy.max_body_memory_bytes != current.max_body_memory_bytes
+            {
                 tracing::warn!(
-                    "listen addresses and server.threads take effect only after a restart"
+                    "listen addresses, server.threads and server.max_body_memory_bytes take \
+                     effect only after a restart"
                 );
             }
             state.policy.store(Arc::new(policy));

@@ -74,7 +74,10 @@ pub fn plan(policy: &Policy, input: &RouteInput<'_>) -> Result<Plan, ProxyError>
 fn model_not_found(model: &str) -> ProxyError {
     ProxyError::new(
         ErrorCode::ModelNotFound,
-        format!("The model `{model}` does not exist or no route serves it"),
+        format!(
+            "The model `{}` does not exist or no route serves it",
+            crate::error::clip(model)
+        ),
     )
 }
 

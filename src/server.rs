@@ -2,11 +2,12 @@
 //! watcher and the graceful-stop watch.
 
 use crate::admin::Admin;
-use crate::proxy::Switchyard;
+use crate::proxy::{Front, Switchyard};
 use crate::shutdown::GracefulStop;
 use crate::state::State;
 use crate::upstream::Pool;
 use pingora::connectors::ConnectorOptions;
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
@@ -50,13 +51,22 @@ pub fn run(config_path: PathBuf) -> Result<(), String> {
         server.configuration.upstream_keepalive_pool_size,
         crate::upstream::IDLE_TIMEOUT,
     ));
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
+    // Pingora's HttpProxy behind our own front door (proxy::conn), which bounds how long a
+    // client may idle or trickle a header and refuses bad headers in JSON.
+    let mut http = HttpProxy::new(
         Switchyard::new(state.clone(), upstream_opts, pool.clone()),
-        "switchyard proxy",
+        server.configuration.clone(),
+    );
+    http.handle_init_modules();
+    let mut proxy = Service::new(
+        "switchyard proxy".to_string(),
+        Front::proxy(http, state.clone()),
     );
     proxy.add_tcp(&listen.proxy);
-    let mut admin = Service::new("switchyard admin".to_string(), Admin::new(state.clone()));
+    let mut admin = Service::new(
+        "switchyard admin".to_string(),
+        Front::new(Admin::new(state.clone()), state.clone()),
+    );
     admin.add_tcp(&listen.admin);
     server.add_service(proxy);
     server.add_service(admin);

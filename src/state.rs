@@ -7,6 +7,7 @@ use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 pub struct State {
     /// The running policy; a request loads it once and keeps that snapshot.
@@ -17,13 +18,21 @@ pub struct State {
     pub ready: AtomicBool,
     /// Set when SIGTERM arrived: readiness fails so the pod leaves its endpoints.
     pub draining: AtomicBool,
+    /// One permit per byte of request body held in memory (`server.max_body_memory_bytes`).
+    pub body_memory: Arc<Semaphore>,
+    body_memory_cap: usize,
 }
 
 impl State {
     pub fn new(policy: Policy, config_path: PathBuf) -> Arc<State> {
         let metrics = Metrics::new();
         metrics.config_generation.set(policy.generation as i64);
+        // Bounded by the config check (≤ 1 TiB), far below the semaphore's maximum.
+        let body_memory_cap =
+            usize::try_from(policy.max_body_memory_bytes).unwrap_or(Semaphore::MAX_PERMITS);
         Arc::new(State {
+            body_memory: Arc::new(Semaphore::new(body_memory_cap.min(Semaphore::MAX_PERMITS))),
+            body_memory_cap,
             policy: ArcSwap::from_pointee(policy),
             metrics,
             config_path,
@@ -38,6 +47,12 @@ impl State {
 
     pub fn in_flight(&self) -> i64 {
         self.metrics.in_flight.get()
+    }
+
+    /// Bytes of request bodies held now.
+    pub fn body_memory_used(&self) -> usize {
+        self.body_memory_cap
+            .saturating_sub(self.body_memory.available_permits())
     }
 }
 

@@ -26,6 +26,10 @@ pub struct Metrics {
     pub cost: CounterVec,
     pub partial_usage: IntCounterVec,
     pub in_flight: IntGauge,
+    /// Client connections closed by the proxy before or between requests, by reason.
+    pub client_closed: IntCounterVec,
+    /// Bytes of request bodies being read or held, as of the last scrape.
+    pub body_memory: IntGauge,
     pub config_reloads: IntCounterVec,
     pub config_generation: IntGauge,
 }
@@ -203,6 +207,17 @@ impl Metrics {
                 &registry,
                 "switchyard_in_flight_requests",
                 "Requests being served now",
+            ),
+            client_closed: counter(
+                &registry,
+                "switchyard_client_connections_closed_total",
+                "Client connections the proxy closed, by reason (idle_timeout, header_timeout, body_timeout, client_gone, refused)",
+                &["reason"],
+            ),
+            body_memory: gauge(
+                &registry,
+                "switchyard_request_body_memory_bytes",
+                "Bytes held by request bodies being read or forwarded, against server.max_body_memory_bytes",
             ),
             config_reloads: counter(
                 &registry,

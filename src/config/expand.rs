@@ -25,7 +25,7 @@ pub fn expand_vars(value: &str, env: &dyn Env) -> Result<String, String> {
         let after = &rest[start + 2..];
         let end = after
             .find('}')
-            .ok_or_else(|| format!("unterminated `${{` in {value:?}"))?;
+            .ok_or_else(|| "unterminated `${` (value not shown)".to_string())?;
         let expr = &after[..end];
         let (name, default) = match expr.split_once(":-") {
             Some((n, d)) => (n, Some(d)),

@@ -6,7 +6,7 @@ mod provider;
 pub mod raw;
 mod route;
 
-use crate::policy::{HostRule, ListenAddrs, Model, Policy, Provider};
+use crate::policy::{ClientLimits, HostRule, ListenAddrs, Model, Policy, Provider};
 use crate::price::{Catalog, Price};
 use ahash::AHashMap;
 use expand::{expand_vars, Env};
@@ -92,21 +92,90 @@ pub fn from_str_in(
 }
 
 /// serde_yaml reports `path.to.field: message at line L column C`; split the path off.
+/// Its messages quote the offending value (`invalid type: string "sk-…"`), and a secret
+/// whose line was mis-indented is exactly such a value: every value and every name that
+/// does not look like a config key is scrubbed before the error is logged or printed.
 fn yaml_error(e: serde_yaml::Error) -> ConfigError {
     let msg = e.to_string();
     match msg.split_once(": ") {
         Some((field, rest))
             if !field.contains(' ') && field.chars().any(|c| c.is_ascii_alphabetic()) =>
         {
-            ConfigError::new(field, rest)
+            ConfigError::new(scrub_path(field), scrub(rest))
         }
-        _ => ConfigError::new("", msg),
+        _ => ConfigError::new("", scrub(&msg)),
     }
+}
+
+/// A name safe to echo: short and shaped like a config key, not like a credential.
+fn key_like(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'*'))
+        && !lower.starts_with("sk-")
+        && !lower.starts_with("sk_")
+        && !lower.starts_with("key-")
+}
+
+fn scrub_path(path: &str) -> String {
+    path.split('.')
+        .map(|seg| {
+            let name = seg.split('[').next().unwrap_or(seg);
+            if key_like(name) {
+                seg
+            } else {
+                "<hidden>"
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Replaces `"quoted values"` and non-key-like `` `names` `` in a serde message.
+fn scrub(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut chars = msg.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                // Skip to the closing quote, honouring backslash escapes.
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+                out.push_str("<value hidden>");
+            }
+            '`' => {
+                let name: String = chars.by_ref().take_while(|&c| c != '`').collect();
+                out.push('`');
+                out.push_str(if key_like(&name) { &name } else { "<hidden>" });
+                out.push('`');
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn parse_duration(field: &str, s: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(s.trim())
         .map_err(|e| ConfigError::new(field, format!("invalid duration {s:?}: {e}")))
+}
+
+fn positive_duration(field: &str, s: &str) -> Result<Duration, ConfigError> {
+    let d = parse_duration(field, s)?;
+    if d.is_zero() {
+        return Err(ConfigError::new(field, "must be greater than 0"));
+    }
+    Ok(d)
 }
 
 fn header_name(field: &str, s: &str) -> Result<HeaderName, ConfigError> {
@@ -141,6 +210,33 @@ fn compile(
         ));
     }
     let grace_period = parse_duration("server.grace_period", &raw.server.grace_period)?;
+    let client = ClientLimits {
+        header_timeout: positive_duration("server.header_timeout", &raw.server.header_timeout)?,
+        body_timeout: positive_duration("server.body_timeout", &raw.server.body_timeout)?,
+        idle_timeout: positive_duration("server.idle_timeout", &raw.server.idle_timeout)?,
+        max_header_bytes: raw.server.max_header_bytes,
+    };
+    if !(1024..=1 << 20).contains(&client.max_header_bytes) {
+        return Err(ConfigError::new(
+            "server.max_header_bytes",
+            "must be between 1024 and 1048576",
+        ));
+    }
+    // Permits are taken a body (or a chunk) at a time, as u32.
+    if raw.server.max_body_bytes > u64::from(u32::MAX) {
+        return Err(ConfigError::new(
+            "server.max_body_bytes",
+            "must be below 4 GiB",
+        ));
+    }
+    if raw.server.max_body_memory_bytes < raw.server.max_body_bytes
+        || raw.server.max_body_memory_bytes > 1 << 40
+    {
+        return Err(ConfigError::new(
+            "server.max_body_memory_bytes",
+            "must be at least server.max_body_bytes (one largest body) and at most 1 TiB",
+        ));
+    }
     if raw.server.threads == 0 {
         return Err(ConfigError::new("server.threads", "must be at least 1"));
     }
@@ -327,6 +423,8 @@ fn compile(
             admin: raw.listen.admin.clone(),
         },
         max_body_bytes: raw.server.max_body_bytes,
+        client,
+        max_body_memory_bytes: raw.server.max_body_memory_bytes,
         grace_period,
         threads: raw.server.threads,
         ca_file,

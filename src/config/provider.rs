@@ -149,23 +149,32 @@ pub(super) fn system_ca_bundle(env: &dyn Env) -> Option<String> {
 }
 
 /// `https://host[:port][/prefix]` → (tls, host, port, prefix without trailing slash).
+///
+/// Messages never echo the URL: it may hold credentials. Credentials in the URL itself
+/// (`http://user:key@host`) are refused rather than silently dropped: the provider's key
+/// belongs in `api_key`, where it is sent in the provider's own header and redacted.
 pub(super) fn parse_base_url(url: &str) -> Result<(bool, String, u16, String), String> {
     let uri: http::Uri = url
         .parse()
-        .map_err(|e| format!("{url:?} is not a valid URL: {e}"))?;
+        .map_err(|_| "is not a valid URL (value not shown)".to_string())?;
     let tls = match uri.scheme_str() {
         Some("https") => true,
         Some("http") => false,
-        _ => return Err(format!("{url:?} must start with http:// or https://")),
+        _ => return Err("must start with http:// or https://".into()),
     };
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(
+            "must not carry credentials (user:password@): put the provider's key in api_key".into(),
+        );
+    }
     let host = uri
         .host()
         .filter(|h| !h.is_empty())
-        .ok_or_else(|| format!("{url:?} has no host"))?
+        .ok_or_else(|| "has no host".to_string())?
         .to_ascii_lowercase();
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     if uri.query().is_some() {
-        return Err(format!("{url:?} must not carry a query string"));
+        return Err("must not carry a query string".into());
     }
     let base_path = uri.path().trim_end_matches('/').to_string();
     Ok((tls, host, port, base_path))

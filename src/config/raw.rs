@@ -73,6 +73,22 @@ pub struct ServerOpts {
     /// system bundle (`$SSL_CERT_FILE`, else the usual Debian/RHEL/Alpine paths).
     #[serde(default)]
     pub ca_file: Option<String>,
+    /// Longest a client may take to send a whole request header block.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: String,
+    /// Longest a client may take to send a whole request body.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: String,
+    /// How long a kept-alive client connection may sit idle between requests.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: String,
+    /// Largest request header block, in bytes.
+    #[serde(default = "default_max_header")]
+    pub max_header_bytes: usize,
+    /// Memory all request bodies being read or held may take together, in bytes. Beyond it
+    /// a request is refused with 503 `overloaded` and `Retry-After`.
+    #[serde(default = "default_body_memory")]
+    pub max_body_memory_bytes: u64,
 }
 
 impl Default for ServerOpts {
@@ -82,8 +98,29 @@ impl Default for ServerOpts {
             grace_period: default_grace(),
             threads: default_threads(),
             ca_file: None,
+            header_timeout: default_header_timeout(),
+            body_timeout: default_body_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_header_bytes: default_max_header(),
+            max_body_memory_bytes: default_body_memory(),
         }
     }
+}
+
+fn default_header_timeout() -> String {
+    "10s".into()
+}
+fn default_body_timeout() -> String {
+    "60s".into()
+}
+fn default_idle_timeout() -> String {
+    "60s".into()
+}
+fn default_max_header() -> usize {
+    64 * 1024
+}
+fn default_body_memory() -> u64 {
+    128 * 1024 * 1024
 }
 
 fn default_max_body() -> u64 {

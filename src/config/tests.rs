@@ -194,3 +194,55 @@ fn empty_file_is_a_valid_empty_policy() {
     assert_eq!(p.listen.proxy, "127.0.0.1:4000");
     assert_eq!(p.max_body_bytes, 32 * 1024 * 1024);
 }
+
+#[test]
+fn errors_never_echo_a_secret() {
+    let secret = "sk-proj-Abc123Def456Ghi789Jkl012Mno345Pqr678";
+    // The `api_key:` line dedented by two spaces: it becomes a provider of its own.
+    let dedented = format!(
+        "providers:\n  openai:\n    format: openai\n    base_url: https://api.openai.com/v1\n  api_key: \"{secret}\"\n"
+    );
+    // Other slips: the key as a map key, as a list item, as a bad duration, in a URL.
+    let as_key = format!("providers:\n  {secret}: {{ format: openai, base_url: http://a/v1 }}\nroutes: [{{ name: r, strategy: x, bogus: 1 }}]\n");
+    let unknown_field =
+        format!("providers:\n  p: {{ format: openai, base_url: http://a/v1, {secret}: 1 }}\n");
+    let in_url =
+        format!("providers:\n  p: {{ format: openai, base_url: \"http://user:{secret}@a/v1\" }}\n");
+    let unterminated = format!(
+        "providers:\n  p: {{ format: openai, base_url: http://a/v1, api_key: \"${{{secret}\" }}\n"
+    );
+    for yaml in [dedented, as_key, unknown_field, in_url, unterminated] {
+        let e = err(&yaml);
+        let text = e.to_string();
+        assert!(!text.contains("Abc123"), "secret echoed: {text}");
+        assert!(!text.is_empty());
+    }
+    // What is echoed still says where the problem is.
+    let e = err(&format!(
+        "providers:\n  openai:\n    format: openai\n    base_url: https://api.openai.com/v1\n  api_key: \"{secret}\"\n"
+    ));
+    assert_eq!(e.field, "providers.api_key");
+    assert!(e.message.contains("<value hidden>"), "{e}");
+    let e = err("providers:\n  p: { format: openai, base_url: http://a/v1, apikey: x }\n");
+    assert!(e.message.contains("`apikey`"), "{e}");
+    let e = err(&format!(
+        "providers:\n  p: {{ format: openai, base_url: \"http://user:{secret}@a/v1\" }}\n"
+    ));
+    assert_eq!(e.field, "providers.p.base_url");
+    assert!(e.message.contains("credentials"), "{e}");
+}
+
+#[test]
+fn client_limits_are_validated() {
+    let p = from_str(GOOD, &env(), 1).unwrap();
+    assert_eq!(p.client.header_timeout, Duration::from_secs(10));
+    assert_eq!(p.client.idle_timeout, Duration::from_secs(60));
+    assert_eq!(p.client.body_timeout, Duration::from_secs(60));
+    assert_eq!(p.max_body_memory_bytes, 128 << 20);
+    let e = err(&format!("{GOOD}server: {{ header_timeout: 0s }}\n"));
+    assert_eq!(e.field, "server.header_timeout");
+    let e = err(&format!(
+        "{GOOD}server: {{ max_body_bytes: 1000, max_body_memory_bytes: 999 }}\n"
+    ));
+    assert_eq!(e.field, "server.max_body_memory_bytes");
+}

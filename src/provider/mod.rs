@@ -122,7 +122,7 @@ impl<'a> Chat<'a> {
                     "provider {} ({}) serves chat completions only, not {}",
                     provider.name,
                     provider.format.as_str(),
-                    path_only(client.path_and_query)
+                    crate::error::clip(path_only(client.path_and_query))
                 ),
             ));
         }

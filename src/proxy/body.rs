@@ -5,7 +5,11 @@ use crate::error::{ErrorCode, ProxyError};
 use crate::proxy::Failure;
 use bytes::{Bytes, BytesMut};
 use http::header;
+use pingora::prelude::ReadTimedout;
 use pingora::proxy::Session;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// After a body overflowed the limit, how much more is read and discarded (bounded in size
 /// and time) so the client, still sending, can read the 413 instead of a broken pipe.
@@ -32,7 +36,30 @@ fn too_large(limit: u64) -> ProxyError {
     )
 }
 
-pub async fn read(session: &mut Session, limit: u64) -> Result<Bytes, Failure> {
+/// A request body read whole, with the share of `server.max_body_memory_bytes` it holds
+/// (released when the request ends).
+pub struct ReadBody {
+    pub bytes: Bytes,
+    pub memory: Option<OwnedSemaphorePermit>,
+}
+
+fn overloaded() -> ProxyError {
+    ProxyError::new(
+        ErrorCode::Overloaded,
+        "too many request bodies are being read at once; retry shortly",
+    )
+}
+
+/// Reads the whole body within `deadline`, at most `limit` bytes, each byte counted against
+/// the process-wide body memory. A body that would overflow that memory is refused (503,
+/// `Retry-After`) rather than waited for: waiting would hold the client's connection and
+/// what it already sent.
+pub async fn read(
+    session: &mut Session,
+    limit: u64,
+    memory: &Arc<Semaphore>,
+    deadline: Duration,
+) -> Result<ReadBody, Failure> {
     let declared = session
         .req_header()
         .headers
@@ -42,6 +69,16 @@ pub async fn read(session: &mut Session, limit: u64) -> Result<Bytes, Failure> {
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(limit).into());
     }
+    // A declared length is reserved up front: a client cannot get memory it was not given.
+    let mut permit = match declared {
+        Some(0) | None => None,
+        Some(n) => Some(
+            memory
+                .clone()
+                .try_acquire_many_owned(n as u32)
+                .map_err(|_| overloaded())?,
+        ),
+    };
     let expects_continue = session
         .req_header()
         .headers
@@ -54,6 +91,32 @@ pub async fn read(session: &mut Session, limit: u64) -> Result<Bytes, Failure> {
             .await
             .map_err(Failure::Abort)?;
     }
+    let reserved = declared.unwrap_or(0);
+    let read = read_all(session, limit, declared, reserved, memory, &mut permit);
+    let bytes = match tokio::time::timeout(deadline, read).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(ProxyError::new(
+                ErrorCode::RequestTimeout,
+                format!("the request body did not arrive within {deadline:?}"),
+            )
+            .into())
+        }
+    };
+    Ok(ReadBody {
+        bytes,
+        memory: permit,
+    })
+}
+
+async fn read_all(
+    session: &mut Session,
+    limit: u64,
+    declared: Option<u64>,
+    reserved: u64,
+    memory: &Arc<Semaphore>,
+    permit: &mut Option<OwnedSemaphorePermit>,
+) -> Result<Bytes, Failure> {
     // The common case is a single chunk: keep it without copying.
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
@@ -65,6 +128,18 @@ pub async fn read(session: &mut Session, limit: u64) -> Result<Bytes, Failure> {
                 if total > limit {
                     drain(session).await;
                     return Err(too_large(limit).into());
+                }
+                // Bytes beyond what was reserved (a chunked body) are reserved as they come.
+                if total > reserved {
+                    let more = (total - reserved).min(chunk.len() as u64) as u32;
+                    let p = memory
+                        .clone()
+                        .try_acquire_many_owned(more)
+                        .map_err(|_| overloaded())?;
+                    match permit {
+                        Some(held) => held.merge(p),
+                        None => *permit = Some(p),
+                    }
                 }
                 match first.take() {
                     None if buf.is_empty() => first = Some(chunk),
@@ -78,6 +153,13 @@ pub async fn read(session: &mut Session, limit: u64) -> Result<Bytes, Failure> {
                 }
             }
             Ok(None) => return Ok(first.unwrap_or_else(|| buf.freeze())),
+            Err(e) if matches!(e.etype(), ReadTimedout) => {
+                return Err(ProxyError::new(
+                    ErrorCode::RequestTimeout,
+                    "the client stopped sending its request body",
+                )
+                .into())
+            }
             Err(e) => {
                 return Err(ProxyError::new(
                     ErrorCode::InvalidRequest,

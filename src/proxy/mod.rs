@@ -2,10 +2,12 @@
 //! `request_filter` (accept → read → route → rewrite → forward → stream back, see
 //! `exchange`); passthrough hosts go down Pingora's ordinary proxy phases untouched.
 
-mod accept;
+pub mod accept;
 mod batch;
 mod body;
+mod conn;
 mod exchange;
+pub mod head;
 mod relay;
 
 use crate::error::{ErrorCode, ProxyError};
@@ -24,6 +26,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use conn::Front;
 pub use exchange::LlmRequest;
 
 pub struct Switchyard {
@@ -67,6 +70,8 @@ pub struct Ctx {
     mark: Option<Instant>,
     /// Time spent in the proxy itself, upstream and client waits excluded.
     overhead: Duration,
+    /// The request body's share of `server.max_body_memory_bytes`, held until the end.
+    body_memory: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Ctx {
@@ -101,6 +106,7 @@ impl ProxyHttp for Switchyard {
             status: 0,
             mark: None,
             overhead: Duration::ZERO,
+            body_memory: None,
         }
     }
 
@@ -148,9 +154,12 @@ impl ProxyHttp for Switchyard {
         upstream_request: &mut RequestHeader,
         _ctx: &mut Ctx,
     ) -> Result<()> {
-        // Proxy credentials are for this hop only.
+        // Proxy credentials are for this hop only, and so is whatever `Connection` names.
         upstream_request.remove_header(&header::PROXY_AUTHORIZATION);
         upstream_request.remove_header("proxy-connection");
+        for name in rewrite::connection_named(&upstream_request.headers) {
+            upstream_request.remove_header(&name);
+        }
         Ok(())
     }
 
@@ -179,6 +188,27 @@ impl ProxyHttp for Switchyard {
             error_code: err.status(),
             can_reuse_downstream: false,
         }
+    }
+
+    /// A client that goes away or stalls is routine for a proxy, and one that does it on
+    /// purpose must not be able to flood the log: those failures are counted
+    /// (`switchyard_client_connections_closed_total`) and logged at debug level only.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        if e.esource() != &ErrorSource::Downstream {
+            return false;
+        }
+        let reason = match e.etype() {
+            ReadTimedout => "body_timeout",
+            WriteTimedout => "write_timeout",
+            _ => "client_gone",
+        };
+        self.state
+            .metrics
+            .client_closed
+            .with_label_values(&[reason])
+            .inc();
+        tracing::debug!("client connection failed: {e}");
+        true
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
@@ -266,7 +296,10 @@ impl Switchyard {
                     None => {
                         return Err(ProxyError::new(
                             ErrorCode::HostNotAllowed,
-                            format!("host {h:?} is not a configured provider or passthrough host"),
+                            format!(
+                                "host {:?} is not a configured provider or passthrough host",
+                                crate::error::clip(&h)
+                            ),
                         )
                         .into())
                     }
@@ -288,7 +321,15 @@ impl Switchyard {
             return Ok(Handled::Done);
         }
 
-        let body = body::read(session, policy.max_body_bytes).await?;
+        let read = body::read(
+            session,
+            policy.max_body_bytes,
+            &self.state.body_memory,
+            policy.client.body_timeout,
+        )
+        .await?;
+        ctx.body_memory = read.memory;
+        let body = read.bytes;
         // From here until the upstream is asked, the time is the proxy's own.
         ctx.mark = Some(Instant::now());
         let probe = if body.is_empty() {
@@ -315,7 +356,7 @@ impl Switchyard {
                     ErrorCode::InvalidRequest,
                     format!(
                     "{method} {} carries no `model`; Switchyard routes by the request body's model",
-                    accept::path_only(&path_and_query)
+                    crate::error::clip(accept::path_only(&path_and_query))
                 ),
                 )
                 .into())
@@ -346,7 +387,10 @@ impl Switchyard {
         } else {
             e.body()
         };
-        self.send_json(session, ctx, e.status(), body).await
+        // Memory pressure passes quickly: tell SDKs (which honour it) to come back soon.
+        let retry_after = (e.code == ErrorCode::Overloaded).then_some("1");
+        self.send_json_with(session, ctx, e.status(), body, retry_after)
+            .await
     }
 
     async fn send_json(
@@ -356,10 +400,24 @@ impl Switchyard {
         status: u16,
         body: Bytes,
     ) -> Result<()> {
+        self.send_json_with(session, ctx, status, body, None).await
+    }
+
+    async fn send_json_with(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        body: Bytes,
+        retry_after: Option<&str>,
+    ) -> Result<()> {
         ctx.status = status;
-        let mut h = ResponseHeader::build_no_case(status, Some(3))?;
+        let mut h = ResponseHeader::build_no_case(status, Some(4))?;
         h.insert_header(header::CONTENT_TYPE, "application/json")?;
         h.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+        if let Some(secs) = retry_after {
+            h.insert_header(header::RETRY_AFTER, secs)?;
+        }
         // The request body may be unread (rejected early): do not reuse the connection.
         if status >= 400 {
             session.set_keepalive(None);
