@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, Rust unit and end-to-end tests (real binary,
-# real sockets, bundled mock upstream), then the official Python SDKs end to end.
+# real sockets, bundled mock upstream), each fuzz target briefly, then the official Python
+# SDKs end to end.
 # Built with the `ci` profile: release optimisation without the LTO link (see Cargo.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,5 +15,7 @@ echo "== cargo clippy"
 cargo clippy --profile ci --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --profile ci
+echo "== fuzz targets, briefly (a regression in a parser of untrusted bytes)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 echo "== python SDK tests"
 SWITCHYARD_BIN="$CARGO_TARGET_DIR/ci/switchyard" .venv/bin/pytest -q tests/python

@@ -60,7 +60,7 @@ pub fn run(config_path: PathBuf) -> Result<(), String> {
     http.handle_init_modules();
     let mut proxy = Service::new(
         "switchyard proxy".to_string(),
-        Front::proxy(http, state.clone()),
+        Front::new(http, state.clone()),
     );
     proxy.add_tcp(&listen.proxy);
     let mut admin = Service::new(

@@ -9,7 +9,7 @@
 //! JSON. The bytes read are then handed to Pingora's `HttpProxy` as the session's
 //! already-read prefix, so nothing is read or parsed from the socket twice.
 
-use super::{head, Switchyard};
+use super::head;
 use crate::error::{ErrorCode, ProxyError};
 use crate::policy::ClientLimits;
 use crate::provider::Ingress;
@@ -19,7 +19,6 @@ use bytes::BytesMut;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
-use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,12 +37,6 @@ const REFUSAL_DRAIN_BYTES: usize = 256 * 1024;
 pub struct Front<A> {
     app: Arc<A>,
     state: Arc<State>,
-}
-
-impl Front<HttpProxy<Switchyard>> {
-    pub fn proxy(proxy: HttpProxy<Switchyard>, state: Arc<State>) -> Self {
-        Front::new(proxy, state)
-    }
 }
 
 impl<A> Front<A> {
@@ -197,7 +190,7 @@ async fn read_head(
         biased;
         r = tokio::time::timeout(first_wait, stream.read_buf(&mut buf)) => r,
         // A kept-alive connection idling when the process is told to stop is closed now.
-        _ = stopping.wait_for(|stop| *stop) => return Next::Close(None),
+        _ = stop_signal(&mut stopping) => return Next::Close(None),
     };
     match first {
         Err(_) if reused => return Next::Close(Some("idle_timeout")),
@@ -237,6 +230,13 @@ async fn read_head(
             Ok(Ok(0)) | Ok(Err(_)) => return Next::Close(Some("client_gone")),
             Ok(Ok(_)) => {}
         }
+    }
+}
+
+/// Resolves when the process is told to stop; never, if no one can tell it any more.
+async fn stop_signal(stopping: &mut ShutdownWatch) {
+    if stopping.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
