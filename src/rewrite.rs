@@ -28,14 +28,10 @@ struct Probe<'a> {
     model: Option<&'a RawValue>,
     #[serde(default)]
     stream: Option<bool>,
+    /// A map, never an array (serde's derived structs would take one): the rewrite below
+    /// edits it as an object. Present in stream requests only, so rarely allocated.
     #[serde(default)]
-    stream_options: Option<StreamOptions>,
-}
-
-#[derive(Deserialize)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: Option<bool>,
+    stream_options: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Parses the body; `Ok(None)` when it is valid JSON without a `model` string.
@@ -50,6 +46,14 @@ pub fn probe(body: &[u8]) -> Result<Option<BodyProbe>, ProxyError> {
             "request body is not valid UTF-8 (JSON must be)",
         )
     })?;
+    // serde's derived struct also accepts an array, field by field (`["gpt-4o", true]`):
+    // an LLM request is a JSON object, and anything else is refused here.
+    if text.trim_start().as_bytes().first() != Some(&b'{') {
+        return Err(ProxyError::new(
+            ErrorCode::InvalidRequest,
+            "request body must be a JSON object",
+        ));
+    }
     let p: Probe<'_> = serde_json::from_str(text).map_err(|e| {
         ProxyError::new(
             ErrorCode::InvalidRequest,
@@ -67,7 +71,11 @@ pub fn probe(body: &[u8]) -> Result<Option<BodyProbe>, ProxyError> {
         model,
         model_span: start..start + raw.get().len(),
         stream: p.stream.unwrap_or(false),
-        include_usage: p.stream_options.map(|o| o.include_usage.unwrap_or(false)),
+        include_usage: p.stream_options.map(|o| {
+            o.get("include_usage")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false)
+        }),
     }))
 }
 
@@ -86,12 +94,24 @@ pub fn with_usage_requested(body: &Bytes, probe: &BodyProbe, model: Option<&str>
     }
     if probe.include_usage.is_some() {
         // `stream_options` present without include_usage: rare, so rebuild the object.
-        let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
-        v["stream_options"]["include_usage"] = serde_json::Value::Bool(true);
-        if let Some(m) = model {
-            v["model"] = serde_json::Value::String(m.to_string());
+        let mut v: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(body).ok()?;
+        let on = serde_json::Value::Bool(true);
+        match v.get_mut("stream_options") {
+            Some(serde_json::Value::Object(o)) => {
+                o.insert("include_usage".into(), on);
+            }
+            _ => {
+                v.insert(
+                    "stream_options".into(),
+                    serde_json::json!({ "include_usage": true }),
+                );
+            }
         }
-        return Some(Bytes::from(v.to_string()));
+        if let Some(m) = model {
+            v.insert("model".into(), serde_json::Value::String(m.to_string()));
+        }
+        return serde_json::to_vec(&v).ok().map(Bytes::from);
     }
     let spliced = with_model(body, &probe.model_span, model);
     let mut out = BytesMut::with_capacity(spliced.len() + INCLUDE_USAGE.len());
@@ -359,6 +379,10 @@ mod tests {
         );
         assert!(probe(br#"{"input":"x"}"#).unwrap().is_none());
         assert!(probe(b"[1,2]").is_err());
+        // Found by the `probe` fuzz target: an array fills the struct positionally.
+        assert!(probe(br#"["gpt-4o", true]"#).is_err());
+        // … and `stream_options` as an array, which the rewrite then indexed as an object.
+        assert!(probe(br#"{"model":"m","stream":true,"stream_options":[]}"#).is_err());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The request probe and rewrite: never panics; a body it accepts, rewritten with another
-//! model (and usage requested), is still JSON naming that model.
+//! model (and usage requested), is probed again as a request for that model.
 #![no_main]
 
 use bytes::Bytes;
@@ -12,12 +12,16 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let out = with_model(&body, &p.model_span, Some("fuzz-\"model\"")).to_bytes();
-    let v: serde_json::Value = serde_json::from_slice(&out).expect("the splice keeps JSON valid");
-    assert_eq!(v["model"], "fuzz-\"model\"");
+    let again = probe(&out)
+        .expect("the splice keeps the body valid")
+        .expect("and keeps its model");
+    assert_eq!(again.model, "fuzz-\"model\"");
+    assert_eq!(again.stream, p.stream);
     if let Some(with_usage) = with_usage_requested(&body, &p, Some("m2")) {
-        let v: serde_json::Value =
-            serde_json::from_slice(&with_usage).expect("usage request keeps JSON valid");
-        assert_eq!(v["stream_options"]["include_usage"], true);
-        assert_eq!(v["model"], "m2");
+        let again = probe(&with_usage)
+            .expect("asking for usage keeps the body valid")
+            .expect("and keeps its model");
+        assert_eq!(again.model, "m2");
+        assert_eq!(again.include_usage, Some(true));
     }
 });

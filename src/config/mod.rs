@@ -36,10 +36,13 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// Every config error passes here: a quoted value or a path segment that looks like a
+    /// credential is hidden, whichever message echoed it (a key pasted into the wrong field
+    /// is the usual way a secret reaches an error).
     fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError {
-            field: field.into(),
-            message: message.into(),
+            field: hide_secret_words(&scrub_path(&field.into())),
+            message: hide_secret_words(&scrub_with(&message.into(), |v| !looks_secret(v))),
         }
     }
 }
@@ -107,24 +110,58 @@ fn yaml_error(e: serde_yaml::Error) -> ConfigError {
     }
 }
 
-/// A name safe to echo: short and shaped like a config key, not like a credential.
+/// Whether a value could be a credential: an API key's prefix, more than 64 characters, or
+/// a run of 16+ letters and digits mixed (a random token: Azure's keys are 32 hex digits).
+/// Model and route names (`claude-3-5-haiku-20241022`) do not look like this.
+fn looks_secret(v: &str) -> bool {
+    let lower = v.to_ascii_lowercase();
+    if v.len() > 64
+        || ["sk-", "sk_", "key-", "aiza", "bearer "]
+            .iter()
+            .any(|p| lower.starts_with(p))
+    {
+        return true;
+    }
+    v.split(|c: char| !c.is_ascii_alphanumeric()).any(|run| {
+        run.len() >= 16
+            && run.bytes().any(|b| b.is_ascii_digit())
+            && run.bytes().any(|b| b.is_ascii_alphabetic())
+    })
+}
+
+/// The last net, whatever the message's shape (a name with quotes or backticks of its own
+/// defeats any parse of it): every word made of key characters that looks like a secret.
+fn hide_secret_words(text: &str) -> String {
+    let word_char = |c: char| c.is_ascii_alphanumeric() || "-_.+/=~".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(word_char) {
+        out.push_str(&rest[..start]);
+        let word_len = rest[start..]
+            .find(|c: char| !word_char(c))
+            .unwrap_or(rest.len() - start);
+        let word = &rest[start..start + word_len];
+        out.push_str(if looks_secret(word) { "<hidden>" } else { word });
+        rest = &rest[start + word_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A name safe to echo: shaped like a config key, not like a credential.
 fn key_like(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
     !name.is_empty()
-        && name.len() <= 32
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'*'))
-        && !lower.starts_with("sk-")
-        && !lower.starts_with("sk_")
-        && !lower.starts_with("key-")
+        && !looks_secret(name)
 }
 
 fn scrub_path(path: &str) -> String {
     path.split('.')
         .map(|seg| {
             let name = seg.split('[').next().unwrap_or(seg);
-            if key_like(name) {
+            if name.is_empty() || key_like(name) {
                 seg
             } else {
                 "<hidden>"
@@ -134,24 +171,40 @@ fn scrub_path(path: &str) -> String {
         .join(".")
 }
 
-/// Replaces `"quoted values"` and non-key-like `` `names` `` in a serde message.
+/// A serde message: every `"quoted value"` hidden (the value is what was wrong, and may be
+/// a mis-placed secret), `` `names` `` kept when they look like config keys.
 fn scrub(msg: &str) -> String {
+    scrub_with(msg, |_| false)
+}
+
+/// Replaces the `"quoted values"` that `keep` refuses and the non-key-like `` `names` ``.
+fn scrub_with(msg: &str, keep: impl Fn(&str) -> bool) -> String {
     let mut out = String::with_capacity(msg.len());
-    let mut chars = msg.chars().peekable();
+    let mut chars = msg.chars();
     while let Some(c) = chars.next() {
         match c {
             '"' => {
-                // Skip to the closing quote, honouring backslash escapes.
+                // To the closing quote, honouring backslash escapes.
+                let mut value = String::new();
                 while let Some(c) = chars.next() {
                     match c {
                         '\\' => {
-                            chars.next();
+                            value.push(c);
+                            if let Some(n) = chars.next() {
+                                value.push(n);
+                            }
                         }
                         '"' => break,
-                        _ => {}
+                        c => value.push(c),
                     }
                 }
-                out.push_str("<value hidden>");
+                if keep(&value) {
+                    out.push('"');
+                    out.push_str(&value);
+                    out.push('"');
+                } else {
+                    out.push_str("<value hidden>");
+                }
             }
             '`' => {
                 let name: String = chars.by_ref().take_while(|&c| c != '`').collect();

@@ -246,3 +246,20 @@ fn client_limits_are_validated() {
     ));
     assert_eq!(e.field, "server.max_body_memory_bytes");
 }
+
+#[test]
+fn secret_shaped_values_are_hidden_wherever_they_are_echoed() {
+    // An Azure-style key (32 hex digits) pasted as a field name, and as a provider name.
+    let azure = "3f2a9c1b7d6e4f5a8b9c0d1e2f3a4b5c";
+    let e = err(&format!(
+        "providers:\n  p: {{ format: openai, base_url: http://a/v1, {azure}: 1 }}\n"
+    ));
+    assert!(!e.to_string().contains(azure), "{e}");
+    let e = err(&format!(
+        "providers:\n  p: {{ format: openai, base_url: http://a/v1 }}\nmodels:\n  m: {{ provider: \"{azure}\" }}\n"
+    ));
+    assert!(!e.to_string().contains(azure), "{e}");
+    // Ordinary names are still shown.
+    let e = err("providers:\n  p: { format: openai, base_url: http://a/v1 }\nmodels:\n  m: { provider: claude-3-5-haiku-20241022 }\n");
+    assert!(e.to_string().contains("claude-3-5-haiku-20241022"), "{e}");
+}

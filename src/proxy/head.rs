@@ -104,14 +104,28 @@ fn check_target(target: &[u8], host: Option<&[u8]>) -> Result<(), ProxyError> {
     if !target.iter().all(|b| b.is_ascii_graphic()) {
         return Err(bad("the request target must be printable ASCII"));
     }
-    if target.first() == Some(&b'/') || target == b"*" {
+    if target == b"*" {
         return Ok(());
+    }
+    if target.first() == Some(&b'/') {
+        return check_path(target);
     }
     use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
     match raw_target_authority(target) {
         RawTargetAuthority::Absolute {
-            scheme, authority, ..
+            scheme,
+            authority,
+            path_and_query,
         } if scheme.eq_ignore_ascii_case(b"http") => {
+            if !path_and_query.is_empty() && path_and_query[0] == b'/' {
+                check_path(path_and_query)?;
+            } else if !path_and_query.is_empty() {
+                // `http://host?q`: Pingora anchors the query to `/`.
+                let mut rooted = Vec::with_capacity(path_and_query.len() + 1);
+                rooted.push(b'/');
+                rooted.extend_from_slice(path_and_query);
+                check_path(&rooted)?;
+            }
             if authority.contains(&b'@') {
                 return Err(bad(
                     "credentials (user@) in the request URL are not accepted",
@@ -130,6 +144,14 @@ fn check_target(target: &[u8], host: Option<&[u8]>) -> Result<(), ProxyError> {
         )),
         _ => Err(bad("the request target must be a path or an http:// URL")),
     }
+}
+
+/// The path and query as the `http` crate (and so Pingora) parses them: a few printable
+/// characters (a backtick, `<`, `>`…) are not allowed in a URL.
+fn check_path(path_and_query: &[u8]) -> Result<(), ProxyError> {
+    http::uri::PathAndQuery::try_from(path_and_query)
+        .map(drop)
+        .map_err(|_| bad("the request path has characters a URL may not carry"))
 }
 
 /// `host[:port]`: a registered name, IPv4 or bracketed IPv6, and an optional numeric port.
@@ -257,6 +279,11 @@ mod tests {
                 "invalid_request",
             ),
             ("GARBAGE\r\n\r\n", "invalid_request"),
+            ("POST /v`1/x HTTP/1.1\r\nHost: a\r\n\r\n", "invalid_request"),
+            (
+                "POST hTtp://a/v`1 HTTP/1.1\r\nHost: a\r\n\r\n",
+                "invalid_request",
+            ),
         ] {
             assert_eq!(code(req), want, "{req:?}");
         }
