@@ -53,7 +53,7 @@ valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.%p" \
 proxy=$!
 trap 'kill $proxy $mock 2>/dev/null || true' EXIT
 for _ in $(seq 120); do
-  curl -sf -o /dev/null http://127.0.0.1:9192/ready && break
+  curl -sf -o /dev/null http://127.0.0.1:9192/readyz && break
   sleep 0.5
 done
 url=http://127.0.0.1:9191/v1/chat/completions
