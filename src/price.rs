@@ -1,38 +1,93 @@
-//! Prices and cost. Prices are read as USD per million tokens and held as integer
-//! micro-dollars per million tokens, so a request's cost is exact integer arithmetic in
-//! micro-dollars (no float drift across millions of requests).
+//! Prices and cost, in integers: exact per request and exact when summed.
+//!
+//! A price is held in pico-dollars per million tokens, which is atto-dollars (1e-18 USD)
+//! per token, so a request's cost is `tokens × price` in atto-dollars with no division and
+//! no rounding: a 3-token `text-embedding-3-small` call ($0.02 per million) costs exactly
+//! 60,000,000,000 atto-dollars ($0.00000006), where whole micro-dollars said $0. Prices
+//! keep 12 decimals of USD per million tokens. A price fits u64 up to $18.4M per million
+//! tokens; a cost is u128: the product of two u64 cannot overflow it, and a sum of costs
+//! overflows only after ~10^16 requests of 10 million tokens at $1,000 per million.
 
 use crate::usage::Usage;
 use ahash::AHashMap;
 use serde::Deserialize;
 
+/// USD in atto-dollars (1e-18).
+pub type Atto = u128;
+
+const PICO_PER_USD: u64 = 1_000_000_000_000;
+const ATTO_PER_USD: Atto = 1_000_000_000_000_000_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Price {
-    /// Micro-dollars per million tokens.
+    /// Pico-dollars per million tokens (= atto-dollars per token).
     pub input: u64,
     pub cached_input: u64,
     pub output: u64,
 }
 
+/// USD per million tokens, as written in the config (a YAML float), to pico-dollars per
+/// million tokens. The float's shortest round-trip decimal is what the operator wrote, so
+/// it is converted digit by digit, not by a float multiply; beyond 12 decimals it rounds
+/// half up. `None` for a negative, non-finite or too large value.
+pub fn pico_per_mtok(usd: f64) -> Option<u64> {
+    if !usd.is_finite() || usd < 0.0 {
+        return None;
+    }
+    let text = format!("{usd}");
+    let (int, frac) = text.split_once('.').unwrap_or((&text, ""));
+    let whole: u64 = int.parse().ok()?;
+    let mut fraction: u64 = 0;
+    for (i, d) in frac.bytes().enumerate() {
+        let d = u64::from(d.checked_sub(b'0').filter(|d| *d <= 9)?);
+        if i < 12 {
+            fraction = fraction * 10 + d;
+        } else {
+            if i == 12 && d >= 5 {
+                fraction += 1;
+            }
+            break;
+        }
+    }
+    let scale = 10u64.pow(12u32.saturating_sub(frac.len().min(12) as u32));
+    whole
+        .checked_mul(PICO_PER_USD)?
+        .checked_add(fraction.checked_mul(scale)?)
+}
+
+/// An exact decimal USD string (`0.00000006`) of an atto-dollar amount.
+pub fn usd_decimal(atto: Atto) -> String {
+    let whole = atto / ATTO_PER_USD;
+    let frac = atto % ATTO_PER_USD;
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let digits = format!("{frac:018}");
+    format!("{whole}.{}", digits.trim_end_matches('0'))
+}
+
+/// An atto-dollar amount as float USD, for Prometheus counters (which are floats anyway).
+pub fn usd_f64(atto: Atto) -> f64 {
+    (atto / ATTO_PER_USD) as f64 + (atto % ATTO_PER_USD) as f64 / ATTO_PER_USD as f64
+}
+
 impl Price {
     /// From USD per million tokens; `None` for a negative or non-finite value.
     pub fn from_usd(input: f64, output: f64, cached_input: Option<f64>) -> Option<Price> {
-        let micro = |v: f64| (v.is_finite() && v >= 0.0).then(|| (v * 1e6).round() as u64);
         Some(Price {
-            input: micro(input)?,
-            output: micro(output)?,
-            cached_input: micro(cached_input.unwrap_or(input))?,
+            input: pico_per_mtok(input)?,
+            output: pico_per_mtok(output)?,
+            cached_input: pico_per_mtok(cached_input.unwrap_or(input))?,
         })
     }
 
-    /// Cost of one request in micro-dollars, rounded half up. `usage.input` includes the
-    /// cached tokens (OpenAI's convention), which are billed at the cached price.
-    pub fn cost_micros(&self, u: &Usage) -> u64 {
+    /// Cost of one request in atto-dollars, exact. `usage.input` includes the cached tokens
+    /// (OpenAI's convention), which are billed at the cached price.
+    pub fn cost(&self, u: &Usage) -> Atto {
         let cached = u.cached_input.min(u.input);
-        let pico = (u.input - cached) as u128 * self.input as u128
-            + cached as u128 * self.cached_input as u128
-            + u.output as u128 * self.output as u128;
-        ((pico + 500_000) / 1_000_000) as u64
+        Atto::from(u.input - cached) * Atto::from(self.input)
+            + Atto::from(cached) * Atto::from(self.cached_input)
+            + Atto::from(u.output) * Atto::from(self.output)
     }
 }
 
@@ -110,9 +165,9 @@ mod tests {
         assert_eq!(
             p,
             Price {
-                input: 150_000,
-                cached_input: 75_000,
-                output: 600_000
+                input: 150_000_000_000,
+                cached_input: 75_000_000_000,
+                output: 600_000_000_000
             }
         );
         let u = Usage {
@@ -121,15 +176,15 @@ mod tests {
             cached_input: 0,
             reasoning: 0,
         };
-        assert_eq!(p.cost_micros(&u), 750_000); // $0.75
+        assert_eq!(usd_decimal(p.cost(&u)), "0.75");
         let u = Usage {
             input: 1000,
             output: 500,
             cached_input: 400,
             reasoning: 0,
         };
-        // 600 × 0.15 + 400 × 0.075 + 500 × 0.60 per million = 0.00042 USD = 420 µ$
-        assert_eq!(p.cost_micros(&u), 420);
+        // 600 × 0.15 + 400 × 0.075 + 500 × 0.60 per million = 0.00042 USD
+        assert_eq!(usd_decimal(p.cost(&u)), "0.00042");
         // A million one-token requests add up to exactly what one million-token one costs.
         let one = Usage {
             input: 0,
@@ -138,8 +193,36 @@ mod tests {
             reasoning: 0,
         };
         let p2 = Price::from_usd(10.0, 10.0, None).unwrap();
-        assert_eq!(p2.cost_micros(&one), 10);
+        assert_eq!(usd_decimal(p2.cost(&one)), "0.00001");
         assert!(Price::from_usd(-1.0, 0.0, None).is_none());
+    }
+
+    #[test]
+    fn a_million_three_token_embeddings_sum_exactly() {
+        let p = Price::from_usd(0.02, 0.0, None).unwrap();
+        let call = Usage {
+            input: 3,
+            ..Usage::default()
+        };
+        // $0.02 per million × 3 tokens = $0.00000006: zero in whole micro-dollars.
+        assert_eq!(usd_decimal(p.cost(&call)), "0.00000006");
+        let total: Atto = (0..1_000_000).map(|_| p.cost(&call)).sum();
+        assert_eq!(usd_decimal(total), "0.06");
+        assert_eq!(total, 60_000_000_000_000_000);
+    }
+
+    #[test]
+    fn prices_keep_twelve_decimals() {
+        assert_eq!(pico_per_mtok(0.0000001), Some(100_000)); // 1e-7 USD per million
+        assert_eq!(pico_per_mtok(0.123456789012), Some(123_456_789_012));
+        assert_eq!(pico_per_mtok(0.0000000000015), Some(2)); // rounded at the 12th decimal
+        assert_eq!(pico_per_mtok(2.5), Some(2_500_000_000_000));
+        assert_eq!(pico_per_mtok(0.1 + 0.2), Some(300_000_000_000)); // 0.30000000000000004
+        assert_eq!(pico_per_mtok(-1.0), None);
+        assert_eq!(pico_per_mtok(f64::NAN), None);
+        assert_eq!(pico_per_mtok(1e30), None);
+        assert_eq!(usd_decimal(0), "0");
+        assert_eq!(usd_f64(1_500_000_000_000_000_000), 1.5);
     }
 
     #[test]
@@ -151,10 +234,13 @@ mod tests {
         assert!(c.len() > 25);
         let mini = c.lookup("gpt-4o-mini").unwrap();
         assert_eq!(c.lookup("gpt-4o-mini-2024-07-18"), Some(mini));
-        assert_eq!(c.lookup("gpt-4o-2024-08-06").unwrap().input, 2_500_000);
+        assert_eq!(
+            c.lookup("gpt-4o-2024-08-06").unwrap().input,
+            2_500_000_000_000
+        );
         assert_eq!(
             c.lookup("claude-3-5-haiku-20241022").unwrap().output,
-            4_000_000
+            4_000_000_000_000
         );
         assert!(c.lookup("no-such-model").is_none());
     }

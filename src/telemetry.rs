@@ -187,7 +187,7 @@ impl Metrics {
                 let c = CounterVec::new(
                     Opts::new(
                         "switchyard_cost_usd_total",
-                        "Cost at list price of the tokens used, in USD (computed per request in integer micro-dollars)",
+                        "Cost at list price of the tokens used, in USD (computed per request exactly, in integer atto-dollars)",
                     ),
                     &["provider", "model", "team"],
                 )
@@ -234,7 +234,7 @@ impl Metrics {
         }
     }
 
-    /// Tokens and, when the model has a price, cost in micro-dollars (returned).
+    /// Tokens and, when the model has a price, the exact cost (returned, atto-dollars).
     pub fn record_usage(
         &self,
         provider: &str,
@@ -242,12 +242,12 @@ impl Metrics {
         team: &str,
         u: &crate::usage::Usage,
         price: Option<crate::price::Price>,
-    ) -> Option<u64> {
-        let cost = price.map(|p| p.cost_micros(u));
+    ) -> Option<crate::price::Atto> {
+        let cost = price.map(|p| p.cost(u));
         if let Some(c) = cost {
             self.cost
                 .with_label_values(&[provider, model, team])
-                .inc_by(c as f64 / 1e6);
+                .inc_by(crate::price::usd_f64(c));
         }
         self.record_tokens(provider, model, team, u);
         cost

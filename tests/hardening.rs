@@ -336,6 +336,7 @@ async fn request_bodies_share_a_bounded_memory() {
     })
     .await
     .unwrap();
+    sc.wait_idle().await;
     assert_eq!(sc.metric("switchyard_request_body_memory_bytes").await, 0.0);
 }
 

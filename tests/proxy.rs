@@ -632,7 +632,11 @@ async fn admin_endpoints() {
         .json(&chat_body("gpt-4o", false))
         .send()
         .await
+        .unwrap()
+        .text()
+        .await
         .unwrap();
+    sc.wait_idle().await;
     let m = sc.metrics().await;
     for name in [
         "switchyard_requests_total{model=\"small\",provider=\"alpha\",route=\"chat\",status=\"200\"} 1",
@@ -665,6 +669,7 @@ async fn admin_endpoints() {
         .await
         .unwrap();
     assert!(text.ends_with("data: [DONE]\n\n"));
+    sc.wait_idle().await;
     assert_eq!(sc.metric(out).await, 13.0);
     assert_eq!(
         sc.metric("switchyard_time_to_first_token_seconds_count{route=\"chat\"}")

@@ -226,9 +226,7 @@ impl Switchyard {
                     None => Bytes::from(body),
                 }
             };
-            let cost = tr
-                .usage()
-                .and_then(|u| ctx.price.map(|p| p.cost_micros(&u)));
+            let cost = tr.usage().and_then(|u| ctx.price.map(|p| p.cost(&u)));
             let mut headers = HeaderMap::with_capacity(7);
             headers.insert(
                 header::CONTENT_TYPE,
@@ -237,8 +235,7 @@ impl Switchyard {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(translated.len()));
             if let Some(c) = cost {
                 // The whole response is known before its header goes out: say its cost.
-                let usd = format!("{}.{:06}", c / 1_000_000, c % 1_000_000);
-                if let Ok(v) = HeaderValue::from_str(&usd) {
+                if let Ok(v) = HeaderValue::from_str(&crate::price::usd_decimal(c)) {
                     headers.insert(COST, v);
                 }
             }

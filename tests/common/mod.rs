@@ -202,6 +202,20 @@ impl Sidecar {
         metric_value(&self.metrics().await, series)
     }
 
+    /// Waits until no request is in flight: a request's metrics are recorded when it ends,
+    /// a moment after the client has its response.
+    pub async fn wait_idle(&self) {
+        let start = Instant::now();
+        while self.metric("switchyard_in_flight_requests").await > 0.0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "requests still in flight:\n{}",
+                self.proc.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn wait_generation(&self, generation: u64) {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {

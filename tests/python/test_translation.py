@@ -2,6 +2,7 @@
 translation both ways, streaming and not, tool calls, and token counts checked exactly
 against what the upstream reported."""
 import json
+from decimal import Decimal
 
 from openai import OpenAI
 
@@ -13,6 +14,11 @@ WEATHER_TOOL = {
         "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]},
     },
 }
+
+
+def exact(usd: Decimal) -> str:
+    """The proxy's exact decimal form of a cost: no exponent, no trailing zeros."""
+    return format(usd.normalize(), "f")
 
 
 def client(stack):
@@ -62,10 +68,10 @@ def test_chat_completion_via_anthropic(stack):
     assert tokens(stack, "input") == u["input_tokens"]
     assert tokens(stack, "output") == u["output_tokens"]
     # claude-3-5-haiku list price from conf/prices.yaml: $0.80 in, $4.00 out per million.
-    micros = (u["input_tokens"] * 800_000 + u["output_tokens"] * 4_000_000 + 500_000) // 1_000_000
-    assert raw.headers["x-switchyard-cost-usd"] == "%d.%06d" % (micros // 1_000_000, micros % 1_000_000)
+    usd = (u["input_tokens"] * Decimal("0.80") + u["output_tokens"] * Decimal("4.00")) / 10**6
+    assert raw.headers["x-switchyard-cost-usd"] == exact(usd)
     cost = stack.metric('switchyard_cost_usd_total{model="claude-haiku",provider="claude",team="default"}')
-    assert abs(cost - micros / 1e6) < 1e-12
+    assert abs(cost - float(usd)) < 1e-12
 
 
 def test_streaming_tool_call_via_anthropic(stack):
@@ -157,8 +163,8 @@ def test_chat_completion_via_gemini(stack):
     assert r.usage.prompt_tokens == u["promptTokenCount"]
     assert r.usage.completion_tokens == u["candidatesTokenCount"]
     # gemini-2.5-flash list price: $0.30 in, $2.50 out per million.
-    micros = (u["promptTokenCount"] * 300_000 + u["candidatesTokenCount"] * 2_500_000 + 500_000) // 1_000_000
-    assert raw.headers["x-switchyard-cost-usd"] == "%d.%06d" % (micros // 1_000_000, micros % 1_000_000)
+    usd = (u["promptTokenCount"] * Decimal("0.30") + u["candidatesTokenCount"] * Decimal("2.50")) / 10**6
+    assert raw.headers["x-switchyard-cost-usd"] == exact(usd)
 
 
 def test_streaming_via_gemini_with_tool_call(stack):
