@@ -14,15 +14,17 @@ pub struct Usage {
     pub reasoning: u64,
 }
 
+/// OpenAI's usage object: Chat Completions' names, or the Responses API's
+/// (`input_tokens`, `output_tokens`, `input_tokens_details`, `output_tokens_details`).
 #[derive(Deserialize)]
 struct OpenAiUsage {
-    #[serde(default)]
+    #[serde(default, alias = "input_tokens")]
     prompt_tokens: u64,
-    #[serde(default)]
+    #[serde(default, alias = "output_tokens")]
     completion_tokens: u64,
-    #[serde(default)]
+    #[serde(default, alias = "input_tokens_details")]
     prompt_tokens_details: Option<PromptDetails>,
-    #[serde(default)]
+    #[serde(default, alias = "output_tokens_details")]
     completion_tokens_details: Option<CompletionDetails>,
 }
 
@@ -64,8 +66,19 @@ pub fn usage_only_chunk(data: &[u8]) -> Option<Usage> {
     usage_after_last_key(data)
 }
 
-/// A chunk carrying generated text or tool-call arguments: about one token each.
+/// A chunk carrying generated text or tool-call arguments: about one token each. Responses
+/// API events name their type first (`{"type":"response.output_text.delta",…}`), so chat
+/// chunks pay nothing for that check.
 pub fn is_content_delta(data: &[u8]) -> bool {
+    if let Some(kind) = data.strip_prefix(br#"{"type":"response."#) {
+        return [
+            &b"output_text.delta\""[..],
+            b"function_call_arguments.delta\"",
+            b"refusal.delta\"",
+        ]
+        .iter()
+        .any(|k| kind.starts_with(k));
+    }
     let non_empty = |finder: &Finder<'_>, key_len: usize| {
         finder
             .find(data)
@@ -277,5 +290,55 @@ mod tests {
         let mut t = JsonTail::default();
         t.feed(br#"{"error":{"message":"x"}}"#);
         assert_eq!(t.finish(), None);
+    }
+
+    #[test]
+    fn documented_responses_api_answer_and_stream() {
+        let mut t = JsonTail::default();
+        for c in fixture("responses.json").chunks(64) {
+            t.feed(c);
+        }
+        assert_eq!(
+            t.finish(),
+            Some(Usage {
+                input: 36,
+                output: 87,
+                cached_input: 0,
+                reasoning: 0,
+            })
+        );
+        let sse = fixture("responses-stream.sse");
+        for step in [1, 7, 100, sse.len()] {
+            let mut sc = SseScanner::default();
+            for c in sse.chunks(step) {
+                sc.feed(c);
+            }
+            assert_eq!(
+                sc.usage,
+                Some(Usage {
+                    input: 37,
+                    output: 11,
+                    cached_input: 0,
+                    reasoning: 0,
+                }),
+                "read {step} bytes at a time"
+            );
+            assert_eq!(sc.deltas, 2, "the two output_text.delta events");
+        }
+        // Cut after the first delta: no total yet, one delta relayed.
+        let cut = sse
+            .windows(b"response.output_text.done".len())
+            .position(|w| w == b"response.output_text.done")
+            .unwrap();
+        let mut sc = SseScanner::default();
+        sc.feed(&sse[..cut]);
+        assert_eq!(sc.usage, None);
+        assert_eq!(sc.deltas, 2);
+        assert!(is_content_delta(
+            br#"{"type":"response.function_call_arguments.delta","delta":"{\"a"}"#
+        ));
+        assert!(!is_content_delta(
+            br#"{"type":"response.output_text.done","text":"x"}"#
+        ));
     }
 }

@@ -7,6 +7,7 @@
 mod anthropic;
 mod gemini;
 mod openai;
+mod responses;
 
 use axum::extract::State as AxState;
 use axum::http::{HeaderMap, StatusCode};
@@ -63,6 +64,8 @@ pub async fn serve(addr: SocketAddr, knobs: Knobs, record: bool) -> std::io::Res
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
+        .route("/v1/responses", post(responses_api))
+        .route("/responses", post(responses_api))
         .route("/v1/embeddings", post(embeddings))
         .route("/embeddings", post(embeddings))
         .route("/v1/messages", post(anthropic::messages))
@@ -247,6 +250,36 @@ async fn chat(
         openai::stream(&req, &k)
     } else {
         Json(openai::completion(&req, &k)).into_response()
+    }
+}
+
+async fn responses_api(
+    AxState(m): St,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let json: Result<serde_json::Value, _> = serde_json::from_slice(&body);
+    m.record(&uri.to_string(), &headers, json.as_ref().ok());
+    let k = m.knobs_for(&headers);
+    delay(k.latency_ms).await;
+    if k.status != 0 {
+        return forced_error(&k);
+    }
+    let Ok(req) = json else {
+        return bad_request("We could not parse the JSON body of your request.");
+    };
+    if req.get("model").and_then(|v| v.as_str()).is_none() {
+        return bad_request("you must provide a model parameter");
+    }
+    // The Responses API has no `stream_options.include_usage`: usage always comes.
+    if req.pointer("/stream_options/include_usage").is_some() {
+        return bad_request("Unknown parameter: 'stream_options.include_usage'.");
+    }
+    if req.get("stream").and_then(|v| v.as_bool()) == Some(true) {
+        responses::stream(&req, &k)
+    } else {
+        Json(responses::response(&req, &k)).into_response()
     }
 }
 

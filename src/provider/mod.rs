@@ -115,6 +115,18 @@ impl<'a> Chat<'a> {
         client: &ClientRequest<'a>,
         attempt: &'a Attempt,
     ) -> Result<Chat<'a>, ProxyError> {
+        if path_only(client.path_and_query) == "/v1/responses" {
+            return Err(ProxyError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "the Responses API (/v1/responses) is not translated to {} providers yet; \
+                     route it to an OpenAI-format provider (provider {} is {})",
+                    provider.format.as_str(),
+                    provider.name,
+                    provider.format.as_str(),
+                ),
+            ));
+        }
         if path_only(client.path_and_query) != "/v1/chat/completions" {
             return Err(ProxyError::new(
                 ErrorCode::InvalidRequest,
@@ -450,7 +462,16 @@ fn openai_body(
     attempt: &Attempt,
 ) -> (rewrite::Body, Option<Box<dyn Translator>>) {
     let model = attempt.upstream_model.as_deref();
+    // Only Chat Completions and legacy Completions take `stream_options.include_usage`;
+    // the Responses API always reports usage and refuses the parameter.
+    let takes_include_usage = matches!(
+        path_only(client.path_and_query),
+        "/v1/chat/completions" | "/v1/completions"
+    );
     match client.probe {
+        Some(p) if !takes_include_usage => {
+            (rewrite::with_model(client.body, &p.model_span, model), None)
+        }
         Some(p) => match rewrite::with_usage_requested(client.body, p, model) {
             Some(body) => (body.into(), Some(Box::new(openai::HideUsage::default()))),
             None => (rewrite::with_model(client.body, &p.model_span, model), None),
