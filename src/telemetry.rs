@@ -26,12 +26,37 @@ pub struct Metrics {
     pub cost: CounterVec,
     pub partial_usage: IntCounterVec,
     pub in_flight: IntGauge,
+    /// Successful LLM calls whose answer carried no usage to meter, by endpoint.
+    pub unmetered: IntCounterVec,
     /// Client connections closed by the proxy before or between requests, by reason.
     pub client_closed: IntCounterVec,
     /// Bytes of request bodies being read or held, as of the last scrape.
     pub body_memory: IntGauge,
     pub config_reloads: IntCounterVec,
     pub config_generation: IntGauge,
+}
+
+/// The endpoint of a request as a bounded label: OpenAI's and Anthropic's API paths, and
+/// `other` for anything else (a raw client path would make the label set unbounded).
+pub fn endpoint_label(path: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/responses",
+        "/v1/embeddings",
+        "/v1/moderations",
+        "/v1/messages",
+        "/v1/images/generations",
+        "/v1/images/edits",
+        "/v1/audio/speech",
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == path)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// Outcome label of one upstream attempt.
@@ -207,6 +232,12 @@ impl Metrics {
                 &registry,
                 "switchyard_in_flight_requests",
                 "Requests being served now",
+            ),
+            unmetered: counter(
+                &registry,
+                "switchyard_unmetered_requests_total",
+                "Successful POSTs whose answer reported no usage (so no tokens or cost were counted), by endpoint",
+                &["path"],
             ),
             client_closed: counter(
                 &registry,

@@ -64,6 +64,9 @@ pub async fn serve(addr: SocketAddr, knobs: Knobs, record: bool) -> std::io::Res
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
+        .route("/v1/completions", post(legacy_completions))
+        .route("/v1/moderations", post(moderations))
+        .route("/v1/images/generations", post(images))
         .route("/v1/responses", post(responses_api))
         .route("/responses", post(responses_api))
         .route("/v1/embeddings", post(embeddings))
@@ -253,21 +256,73 @@ async fn chat(
     }
 }
 
+/// The request recorded, the knobs applied, the JSON parsed: what every mock endpoint does
+/// first. `Err` is the answer to send instead.
+async fn accept(
+    m: &Mock,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(serde_json::Value, Knobs), Response> {
+    let json: Result<serde_json::Value, _> = serde_json::from_slice(body);
+    m.record(&uri.to_string(), headers, json.as_ref().ok());
+    let k = m.knobs_for(headers);
+    delay(k.latency_ms).await;
+    if k.status != 0 {
+        return Err(forced_error(&k));
+    }
+    json.map(|v| (v, k))
+        .map_err(|_| bad_request("We could not parse the JSON body of your request."))
+}
+
+async fn legacy_completions(
+    AxState(m): St,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    match accept(&m, &uri, &headers, &body).await {
+        Ok((req, k)) if req.get("stream").and_then(|v| v.as_bool()) == Some(true) => {
+            sse_response(openai::text_completion_events(&req, &k), &k)
+        }
+        Ok((req, k)) => Json(openai::text_completion(&req, &k)).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn moderations(
+    AxState(m): St,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    match accept(&m, &uri, &headers, &body).await {
+        Ok((req, _)) => Json(openai::moderation(&req)).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn images(
+    AxState(m): St,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    match accept(&m, &uri, &headers, &body).await {
+        Ok((req, _)) => Json(openai::image(&req)).into_response(),
+        Err(r) => r,
+    }
+}
+
 async fn responses_api(
     AxState(m): St,
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let json: Result<serde_json::Value, _> = serde_json::from_slice(&body);
-    m.record(&uri.to_string(), &headers, json.as_ref().ok());
-    let k = m.knobs_for(&headers);
-    delay(k.latency_ms).await;
-    if k.status != 0 {
-        return forced_error(&k);
-    }
-    let Ok(req) = json else {
-        return bad_request("We could not parse the JSON body of your request.");
+    let (req, k) = match accept(&m, &uri, &headers, &body).await {
+        Ok(accepted) => accepted,
+        Err(r) => return r,
     };
     if req.get("model").and_then(|v| v.as_str()).is_none() {
         return bad_request("you must provide a model parameter");

@@ -252,6 +252,73 @@ pub fn stream(req: &Value, k: &Knobs) -> Response {
     super::sse_response(stream_events(req, k), k)
 }
 
+/// Legacy `/v1/completions`: the prompt's tokens in, the mock's words out.
+pub fn text_completion(req: &Value, k: &Knobs) -> Value {
+    let n = k.chunks.max(1);
+    let prompt = req
+        .get("prompt")
+        .and_then(Value::as_str)
+        .map_or(1, count_tokens);
+    json!({
+        "id": format!("cmpl-mock{:016x}", fastrand::u64(..)), "object": "text_completion",
+        "created": now(), "model": model_of(req), "system_fingerprint": "fp_mock",
+        "choices": [{ "text": words(n).collect::<String>(), "index": 0, "logprobs": null,
+                      "finish_reason": "stop" }],
+        "usage": { "prompt_tokens": prompt, "completion_tokens": n,
+                   "total_tokens": prompt + u64::from(n) }
+    })
+}
+
+/// Legacy completions streamed: a chunk a word, the usage chunk when asked, `[DONE]`.
+pub fn text_completion_events(req: &Value, k: &Knobs) -> Vec<Bytes> {
+    let n = k.chunks.max(1);
+    let prompt = req
+        .get("prompt")
+        .and_then(Value::as_str)
+        .map_or(1, count_tokens);
+    let id = format!("cmpl-mock{:016x}", fastrand::u64(..));
+    let (created, model) = (now(), model_of(req));
+    let mut events: Vec<Bytes> = words(n)
+        .map(|w| {
+            sse(
+                &json!({ "id": id, "object": "text_completion", "created": created,
+                "model": model, "choices": [{ "text": w, "index": 0, "logprobs": null,
+                "finish_reason": null }] }),
+            )
+        })
+        .collect();
+    if req
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        events.push(sse(
+            &json!({ "id": id, "object": "text_completion", "created": created,
+            "model": model, "choices": [],
+            "usage": { "prompt_tokens": prompt, "completion_tokens": n,
+                       "total_tokens": prompt + u64::from(n) } }),
+        ));
+    }
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    events
+}
+
+/// `/v1/moderations`: free, and its answer carries no usage.
+pub fn moderation(req: &Value) -> Value {
+    json!({
+        "id": format!("modr-mock{:08x}", fastrand::u32(..)),
+        "model": req.get("model").and_then(Value::as_str).unwrap_or("omni-moderation-latest"),
+        "results": [{ "flagged": false, "categories": { "violence": false },
+                      "category_scores": { "violence": 0.0001 } }]
+    })
+}
+
+/// `/v1/images/generations` as dall-e-3 answers it: no usage at all.
+pub fn image(_req: &Value) -> Value {
+    json!({ "created": now(), "data": [{ "url": "http://mock.invalid/image.png",
+                                          "revised_prompt": "a mock image" }] })
+}
+
 pub fn embeddings(req: &Value) -> Value {
     let inputs: Vec<String> = match req.get("input") {
         Some(Value::String(s)) => vec![s.clone()],

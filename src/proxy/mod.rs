@@ -65,6 +65,9 @@ pub struct Ctx {
     price: Option<crate::price::Price>,
     /// The client speaks Anthropic's API (`/v1/messages`): errors in its shape.
     anthropic_client: bool,
+    /// The endpoint, as a bounded label (`telemetry::endpoint_label`).
+    endpoint: &'static str,
+    method_is_post: bool,
     status: u16,
     /// Start of the current stretch of proxy-side work (None while waiting on a peer).
     mark: Option<Instant>,
@@ -103,6 +106,8 @@ impl ProxyHttp for Switchyard {
             team: self.none.clone(),
             price: None,
             anthropic_client: false,
+            endpoint: "other",
+            method_is_post: false,
             status: 0,
             mark: None,
             overhead: Duration::ZERO,
@@ -283,6 +288,8 @@ impl Switchyard {
         let path_and_query = target.path_and_query.to_string();
         ctx.anthropic_client = crate::provider::Ingress::of_path(&path_and_query)
             == crate::provider::Ingress::Anthropic;
+        ctx.endpoint = crate::telemetry::endpoint_label(accept::path_only(&path_and_query));
+        ctx.method_is_post = session.req_header().method == http::Method::POST;
         let mut host_provider = None;
         let host = match target.host {
             Some(h) => {

@@ -276,10 +276,20 @@ impl Switchyard {
         up: Http1Session,
         pool_key: u64,
     ) {
-        if let Some(u) = usage {
-            self.state
-                .metrics
-                .record_usage(&provider.name, &ctx.model, &ctx.team, &u, ctx.price);
+        let m = &self.state.metrics;
+        match usage {
+            Some(u) => {
+                m.record_usage(&provider.name, &ctx.model, &ctx.team, &u, ctx.price);
+            }
+            // A call that may cost money but said nothing of its usage: a visible gap,
+            // never a silent one. Moderations are free by design; GETs are not LLM calls.
+            None if (200..300).contains(&ctx.status)
+                && ctx.endpoint != "/v1/moderations"
+                && ctx.method_is_post =>
+            {
+                m.unmetered.with_label_values(&[ctx.endpoint]).inc();
+            }
+            None => {}
         }
         self.release(up, pool_key).await;
     }
