@@ -109,6 +109,7 @@ fn benches(c: &mut Criterion) {
         output: 100,
         cached_input: 0,
         reasoning: 0,
+        cache_write: 0,
     };
     c.bench_function("metrics/record-one-request", |b| {
         b.iter(|| {
@@ -124,7 +125,7 @@ fn benches(c: &mut Criterion) {
                 .upstream_attempts
                 .with_label_values(&["openai", "ok"])
                 .inc();
-            let price = switchyard::price::Price::from_usd(0.15, 0.60, None);
+            let price = switchyard::price::Price::from_usd(0.15, 0.60, None, None);
             metrics.record_usage("openai", "gpt-4o-mini", "default", black_box(&u), price);
         })
     });

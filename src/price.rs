@@ -24,6 +24,9 @@ pub struct Price {
     pub input: u64,
     pub cached_input: u64,
     pub output: u64,
+    /// Prompt tokens written to the provider's cache (Anthropic: 1.25 × input for the
+    /// 5-minute cache); the input price where the catalog names none.
+    pub cache_write: u64,
 }
 
 /// USD per million tokens, as written in the config (a YAML float), to pico-dollars per
@@ -72,21 +75,32 @@ pub fn usd_f64(atto: Atto) -> f64 {
 }
 
 impl Price {
-    /// From USD per million tokens; `None` for a negative or non-finite value.
-    pub fn from_usd(input: f64, output: f64, cached_input: Option<f64>) -> Option<Price> {
+    /// From USD per million tokens; `None` for a negative or non-finite value. Cached reads
+    /// and cache writes default to the input price.
+    pub fn from_usd(
+        input: f64,
+        output: f64,
+        cached_input: Option<f64>,
+        cache_write: Option<f64>,
+    ) -> Option<Price> {
         Some(Price {
             input: pico_per_mtok(input)?,
             output: pico_per_mtok(output)?,
             cached_input: pico_per_mtok(cached_input.unwrap_or(input))?,
+            cache_write: pico_per_mtok(cache_write.unwrap_or(input))?,
         })
     }
 
-    /// Cost of one request in atto-dollars, exact. `usage.input` includes the cached tokens
-    /// (OpenAI's convention), which are billed at the cached price.
+    /// Cost of one request in atto-dollars, exact. `usage.input` includes the tokens read
+    /// from and written to the provider's cache (OpenAI's convention for reads), each
+    /// billed at its own price.
     pub fn cost(&self, u: &Usage) -> Atto {
         let cached = u.cached_input.min(u.input);
-        Atto::from(u.input - cached) * Atto::from(self.input)
+        let written = u.cache_write.min(u.input - cached);
+        let fresh = u.input - cached - written;
+        Atto::from(fresh) * Atto::from(self.input)
             + Atto::from(cached) * Atto::from(self.cached_input)
+            + Atto::from(written) * Atto::from(self.cache_write)
             + Atto::from(u.output) * Atto::from(self.output)
     }
 }
@@ -106,6 +120,8 @@ struct Entry {
     #[serde(default)]
     cached_input: Option<f64>,
     #[serde(default)]
+    cache_write: Option<f64>,
+    #[serde(default)]
     #[allow(dead_code)]
     source: Option<String>,
     #[serde(default)]
@@ -123,7 +139,7 @@ impl Catalog {
         let f: PriceFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
         let mut prices = AHashMap::with_capacity(f.prices.len());
         for (model, e) in f.prices {
-            let p = Price::from_usd(e.input, e.output, e.cached_input)
+            let p = Price::from_usd(e.input, e.output, e.cached_input, e.cache_write)
                 .ok_or_else(|| format!("prices.{model}: prices must be non-negative numbers"))?;
             prices.insert(model, p);
         }
@@ -161,13 +177,14 @@ mod tests {
 
     #[test]
     fn exact_integer_cost() {
-        let p = Price::from_usd(0.15, 0.60, Some(0.075)).unwrap();
+        let p = Price::from_usd(0.15, 0.60, Some(0.075), None).unwrap();
         assert_eq!(
             p,
             Price {
                 input: 150_000_000_000,
                 cached_input: 75_000_000_000,
-                output: 600_000_000_000
+                output: 600_000_000_000,
+                cache_write: 150_000_000_000,
             }
         );
         let u = Usage {
@@ -175,6 +192,7 @@ mod tests {
             output: 1_000_000,
             cached_input: 0,
             reasoning: 0,
+            cache_write: 0,
         };
         assert_eq!(usd_decimal(p.cost(&u)), "0.75");
         let u = Usage {
@@ -182,6 +200,7 @@ mod tests {
             output: 500,
             cached_input: 400,
             reasoning: 0,
+            cache_write: 0,
         };
         // 600 × 0.15 + 400 × 0.075 + 500 × 0.60 per million = 0.00042 USD
         assert_eq!(usd_decimal(p.cost(&u)), "0.00042");
@@ -191,15 +210,16 @@ mod tests {
             output: 1,
             cached_input: 0,
             reasoning: 0,
+            cache_write: 0,
         };
-        let p2 = Price::from_usd(10.0, 10.0, None).unwrap();
+        let p2 = Price::from_usd(10.0, 10.0, None, None).unwrap();
         assert_eq!(usd_decimal(p2.cost(&one)), "0.00001");
-        assert!(Price::from_usd(-1.0, 0.0, None).is_none());
+        assert!(Price::from_usd(-1.0, 0.0, None, None).is_none());
     }
 
     #[test]
     fn a_million_three_token_embeddings_sum_exactly() {
-        let p = Price::from_usd(0.02, 0.0, None).unwrap();
+        let p = Price::from_usd(0.02, 0.0, None, None).unwrap();
         let call = Usage {
             input: 3,
             ..Usage::default()

@@ -205,7 +205,7 @@ impl Metrics {
             tokens: counter(
                 &registry,
                 "switchyard_tokens_total",
-                "Tokens reported by providers, by type (input, output, cached_input, reasoning)",
+                "Tokens reported by providers, by type (input, output, cached_input, reasoning, cache_write)",
                 &["provider", "model", "team", "type"],
             ),
             cost: {
@@ -290,6 +290,7 @@ impl Metrics {
             ("output", u.output),
             ("cached_input", u.cached_input),
             ("reasoning", u.reasoning),
+            ("cache_write", u.cache_write),
         ] {
             if n > 0 {
                 self.tokens

@@ -8,10 +8,15 @@ use std::sync::LazyLock;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Every prompt token: fresh, read from the provider's cache, and written to it.
     pub input: u64,
     pub output: u64,
+    /// Prompt tokens read from the provider's cache (part of `input`).
     pub cached_input: u64,
     pub reasoning: u64,
+    /// Prompt tokens written to the provider's cache (part of `input`): Anthropic's
+    /// `cache_creation_input_tokens`, billed at their own rate.
+    pub cache_write: u64,
 }
 
 /// OpenAI's usage object: Chat Completions' names, or the Responses API's
@@ -53,6 +58,7 @@ impl From<OpenAiUsage> for Usage {
                 .completion_tokens_details
                 .and_then(|d| d.reasoning_tokens)
                 .unwrap_or(0),
+            cache_write: 0,
         }
     }
 }
@@ -211,6 +217,7 @@ mod tests {
             output: 7,
             cached_input: 3,
             reasoning: 2,
+            cache_write: 0,
         };
         for cut in 0..s.len() {
             for cut2 in cut..s.len().min(cut + 7) {
@@ -242,7 +249,8 @@ mod tests {
                 input: 1117,
                 output: 46,
                 cached_input: 1024,
-                reasoning: 0
+                reasoning: 0,
+                cache_write: 0,
             })
         );
         for piece in [1, 3, 64, 1 << 16] {
@@ -305,6 +313,7 @@ mod tests {
                 output: 87,
                 cached_input: 0,
                 reasoning: 0,
+                cache_write: 0,
             })
         );
         let sse = fixture("responses-stream.sse");
@@ -320,6 +329,7 @@ mod tests {
                     output: 11,
                     cached_input: 0,
                     reasoning: 0,
+                    cache_write: 0,
                 }),
                 "read {step} bytes at a time"
             );

@@ -377,6 +377,7 @@ fn compile(
                 ("input", Some(price.input)),
                 ("output", Some(price.output)),
                 ("cached_input", price.cached_input),
+                ("cache_write", price.cache_write),
             ];
             for (k, v) in checks {
                 if v.is_some_and(|v| !v.is_finite() || v < 0.0) {
@@ -399,7 +400,7 @@ fn compile(
             alias: Arc::from(alias.as_str()),
             provider,
             price: match &rm.price {
-                Some(p) => Price::from_usd(p.input, p.output, p.cached_input),
+                Some(p) => Price::from_usd(p.input, p.output, p.cached_input, p.cache_write),
                 None => prices.lookup(&upstream),
             },
             upstream: Arc::from(upstream),

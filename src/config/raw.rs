@@ -200,6 +200,9 @@ pub struct RawPrice {
     pub output: f64,
     #[serde(default)]
     pub cached_input: Option<f64>,
+    /// Prompt tokens written to the provider's cache; defaults to `input`.
+    #[serde(default)]
+    pub cache_write: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

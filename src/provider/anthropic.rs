@@ -196,11 +196,13 @@ pub fn finish_reason(stop_reason: Option<&str>) -> Value {
 pub fn usage_of(u: &Value) -> Usage {
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
     let cached = n("cache_read_input_tokens");
+    let written = n("cache_creation_input_tokens");
     Usage {
-        input: n("input_tokens") + cached + n("cache_creation_input_tokens"),
+        input: n("input_tokens") + cached + written,
         output: n("output_tokens"),
         cached_input: cached,
         reasoning: 0,
+        cache_write: written,
     }
 }
 

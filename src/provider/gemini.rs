@@ -227,6 +227,7 @@ pub fn usage_of(u: &Value) -> Usage {
         output: n("candidatesTokenCount") + n("thoughtsTokenCount"),
         cached_input: n("cachedContentTokenCount"),
         reasoning: n("thoughtsTokenCount"),
+        cache_write: 0,
     }
 }
 

@@ -176,6 +176,7 @@ fn usage_from_openai(u: &Value) -> Usage {
         output: n("/completion_tokens"),
         cached_input: n("/prompt_tokens_details/cached_tokens"),
         reasoning: n("/completion_tokens_details/reasoning_tokens"),
+        cache_write: 0,
     }
 }
 

@@ -125,7 +125,8 @@ fn response_text_and_cache_usage() {
             input: 2095 + 1800,
             output: 503,
             cached_input: 1800,
-            reasoning: 0
+            reasoning: 0,
+            cache_write: 0,
         }
     );
     assert_eq!(out["usage"]["prompt_tokens"], 3895);
@@ -241,4 +242,33 @@ fn errors_take_openai_shape() {
     let e = error(&fixture("error-overloaded.json")).unwrap();
     assert_eq!(e["error"]["message"], "Overloaded");
     assert_eq!(e["error"]["code"], "overloaded_error");
+}
+
+/// Anthropic's documented prompt-caching example, priced from the shipped catalog:
+/// reads at the cached rate, writes at their own (1.25 × input), neither dropped.
+#[test]
+fn cache_reads_and_writes_are_priced_at_their_own_rates() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/anthropic/usage-cache.json"
+    );
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let prices =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/prices.yaml")).unwrap();
+    let catalog = crate::price::Catalog::parse(&prices).unwrap();
+    // Sonnet: $3 in, $3.75 cache write, $0.30 cache read, $15 out per million.
+    let sonnet = catalog.lookup("claude-sonnet-4-5").unwrap();
+
+    let first = usage_of(&v["first_call_writes_the_cache"]);
+    assert_eq!(first.input, 21 + 188_086);
+    assert_eq!(first.cache_write, 188_086);
+    assert_eq!(first.cached_input, 0);
+    // 21 × 3 + 188086 × 3.75 + 393 × 15 = 711,280.5 µ$
+    assert_eq!(crate::price::usd_decimal(sonnet.cost(&first)), "0.7112805");
+
+    let second = usage_of(&v["second_call_reads_it"]);
+    assert_eq!(second.cached_input, 188_086);
+    assert_eq!(second.cache_write, 0);
+    // 21 × 3 + 188086 × 0.30 + 393 × 15 = 62,383.8 µ$
+    assert_eq!(crate::price::usd_decimal(sonnet.cost(&second)), "0.0623838");
 }

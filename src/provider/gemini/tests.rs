@@ -74,7 +74,8 @@ fn response_text_usage_with_thinking_and_cache() {
             input: 8,
             output: 11 + 26,
             cached_input: 2,
-            reasoning: 26
+            reasoning: 26,
+            cache_write: 0,
         }
     );
     assert_eq!(
