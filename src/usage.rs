@@ -351,4 +351,28 @@ mod tests {
             br#"{"type":"response.output_text.done","text":"x"}"#
         ));
     }
+
+    /// A Responses stream that ends `incomplete` (max_output_tokens) or `failed` still
+    /// carries usage on its final event; it is billed all the same.
+    #[test]
+    fn responses_incomplete_and_failed_carry_usage() {
+        for kind in ["response.incomplete", "response.failed"] {
+            let ev = format!(
+                "event: {kind}\ndata: {{\"type\":\"{kind}\",\"sequence_number\":9,\"response\":{{\"id\":\"resp_1\",\"status\":\"incomplete\",\"usage\":{{\"input_tokens\":12,\"input_tokens_details\":{{\"cached_tokens\":4}},\"output_tokens\":64,\"output_tokens_details\":{{\"reasoning_tokens\":60}},\"total_tokens\":76}}}}}}\n\n"
+            );
+            let mut sc = SseScanner::default();
+            sc.feed(ev.as_bytes());
+            assert_eq!(
+                sc.usage,
+                Some(Usage {
+                    input: 12,
+                    output: 64,
+                    cached_input: 4,
+                    reasoning: 60,
+                    cache_write: 0,
+                }),
+                "{kind}"
+            );
+        }
+    }
 }
