@@ -16,6 +16,11 @@ cargo clippy --profile ci --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --profile ci
 echo "== fuzz targets, briefly (a regression in a parser of untrusted bytes)"
-scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
+if rustup run nightly rustc --version >/dev/null 2>&1; then
+  scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
+else
+  # cargo fuzz needs nightly, which this project's machines carry but cannot download.
+  echo "== FUZZING SKIPPED: no nightly toolchain on this machine (rustup toolchain list)"
+fi
 echo "== python SDK tests"
 SWITCHYARD_BIN="$CARGO_TARGET_DIR/ci/switchyard" .venv/bin/pytest -q tests/python
