@@ -340,6 +340,18 @@ async fn request_bodies_share_a_bounded_memory() {
     assert_eq!(sc.metric("switchyard_request_body_memory_bytes").await, 0.0);
 }
 
+/// `switchyard check` on a policy file: its exit code and what it printed on stderr.
+fn check(path: &std::path::Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
 #[test]
 fn config_errors_never_print_a_secret() {
     let dir = tempfile::tempdir().unwrap();
@@ -351,12 +363,8 @@ fn config_errors_never_print_a_secret() {
         format!("providers:\n  openai:\n    format: openai\n    base_url: https://api.openai.com/v1\n  api_key: \"{secret}\"\n"),
     )
     .unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = check(&path);
+    assert_eq!(code, Some(1));
     assert!(err.contains("providers.api_key"), "{err}");
     assert!(!err.contains("Zyx987"), "{err}");
 
@@ -366,12 +374,8 @@ fn config_errors_never_print_a_secret() {
         format!("providers:\n  p: {{ format: openai, base_url: \"http://me:{secret}@api.example.com/v1\" }}\n"),
     )
     .unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = check(&path);
+    assert_eq!(code, Some(1));
     assert!(
         err.contains("providers.p.base_url") && err.contains("credentials"),
         "{err}"

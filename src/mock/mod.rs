@@ -296,10 +296,7 @@ async fn moderations(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    match accept(&m, &uri, &headers, &body).await {
-        Ok((req, _)) => Json(openai::moderation(&req)).into_response(),
-        Err(r) => r,
-    }
+    json_answer(&m, &uri, &headers, &body, openai::moderation).await
 }
 
 async fn images(
@@ -308,8 +305,19 @@ async fn images(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    match accept(&m, &uri, &headers, &body).await {
-        Ok((req, _)) => Json(openai::image(&req)).into_response(),
+    json_answer(&m, &uri, &headers, &body, openai::image).await
+}
+
+/// An endpoint whose answer is one JSON body built from the request.
+async fn json_answer(
+    m: &Mock,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    answer: fn(&serde_json::Value) -> serde_json::Value,
+) -> Response {
+    match accept(m, uri, headers, body).await {
+        Ok((req, _)) => Json(answer(&req)).into_response(),
         Err(r) => r,
     }
 }
