@@ -56,18 +56,12 @@ async fn reload_on_change_keeps_old_policy_on_a_broken_edit() {
 
     // A broken edit: unknown target. Rejected, counted, old policy kept.
     write_policy(&sc.config, sc.port, sc.admin, &policy(&a, "three"));
-    let start = Instant::now();
-    while sc
-        .metric("switchyard_config_reloads_total{result=\"error\"}")
-        .await
-        < 1.0
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "broken reload never counted"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    sc.wait_metric(
+        "switchyard_config_reloads_total{result=\"error\"}",
+        1.0,
+        "broken reload never counted",
+    )
+    .await;
     assert_eq!(sc.metric("switchyard_config_generation").await, 2.0);
     assert_eq!(upstream_model(&sc).await, "model-two");
     assert!(
@@ -77,14 +71,12 @@ async fn reload_on_change_keeps_old_policy_on_a_broken_edit() {
 
     // Broken YAML syntax too.
     write_policy(&sc.config, sc.port, sc.admin, "providers: [unclosed\n");
-    while sc
-        .metric("switchyard_config_reloads_total{result=\"error\"}")
-        .await
-        < 2.0
-    {
-        assert!(start.elapsed() < Duration::from_secs(10));
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    sc.wait_metric(
+        "switchyard_config_reloads_total{result=\"error\"}",
+        2.0,
+        "broken YAML never counted",
+    )
+    .await;
     assert_eq!(upstream_model(&sc).await, "model-two");
 
     // SIGHUP reloads as well (here after a fix).

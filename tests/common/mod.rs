@@ -202,6 +202,15 @@ impl Sidecar {
         metric_value(&self.metrics().await, series)
     }
 
+    /// Waits until the series reaches `at_least` (10 s at most, then fails with `what`).
+    pub async fn wait_metric(&self, series: &str, at_least: f64, what: &str) {
+        let start = Instant::now();
+        while self.metric(series).await < at_least {
+            assert!(start.elapsed() < Duration::from_secs(10), "{what}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Waits until no request is in flight: a request's metrics are recorded when it ends,
     /// a moment after the client has its response.
     pub async fn wait_idle(&self) {
