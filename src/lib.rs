@@ -6,8 +6,10 @@
 //! `shutdown`, and `mock` (the bundled fake provider).
 
 pub mod admin;
+pub mod collector;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod mock;
 pub mod policy;
 pub mod price;

@@ -24,11 +24,49 @@ enum Command {
         #[arg(long, short, env = "SWITCHYARD_CONFIG")]
         config: PathBuf,
     },
-    /// Validate a policy file and print the compiled routing table.
+    /// Validate a policy file (and print the compiled routing table) or a collector config.
     Check {
-        #[arg(long, short)]
+        #[arg(long, short, required_unless_present = "collector")]
+        config: Option<PathBuf>,
+        /// A collector config file to validate.
+        #[arg(long)]
+        collector: Option<PathBuf>,
+    },
+    /// Run the central collector of usage events (API, storage, dashboard).
+    Collector {
+        #[arg(long, short, env = "SWITCHYARD_COLLECTOR_CONFIG")]
         config: PathBuf,
     },
+    /// Print usage from a collector, grouped as asked.
+    Usage {
+        /// The collector's base URL.
+        #[arg(
+            long,
+            env = "SWITCHYARD_COLLECTOR",
+            default_value = "http://127.0.0.1:7070"
+        )]
+        collector: String,
+        /// A reader token.
+        #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Any of team, model, provider, route, service, key, day, hour.
+        #[arg(long, default_value = "team,model")]
+        group_by: String,
+        /// Start: a span back from now (7d, 24h) or a time (RFC 3339, YYYY-MM-DD).
+        #[arg(long, default_value = "7d")]
+        since: String,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        team: Option<String>,
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: switchyard::collector::report::Format,
+    },
+    /// Make a new random token (collector ingest or reader): prints the token once, and the
+    /// `sha256:` line to put in the config.
+    Token,
     /// Run the bundled mock LLM upstream (OpenAI wire format).
     MockUpstream {
         #[arg(long, default_value_t = 9000)]
@@ -55,17 +93,93 @@ fn init_tracing() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match switchyard::config::load(&config, 1) {
-            Ok(policy) => {
-                println!("{} is valid\n", config.display());
-                print!("{}", policy.describe());
-                ExitCode::SUCCESS
+        Command::Check { config, collector } => {
+            let mut ok = true;
+            if let Some(config) = config {
+                match switchyard::config::load(&config, 1) {
+                    Ok(policy) => {
+                        println!("{} is valid\n", config.display());
+                        print!("{}", policy.describe());
+                    }
+                    Err(e) => {
+                        eprintln!("{}: {e}", config.display());
+                        ok = false;
+                    }
+                }
             }
-            Err(e) => {
-                eprintln!("{}: {e}", config.display());
+            if let Some(path) = collector {
+                match switchyard::collector::config::load(&path) {
+                    Ok(c) => println!(
+                        "{} is valid: listen {}, database {}, {} ingest and {} reader tokens",
+                        path.display(),
+                        c.listen,
+                        c.database.describe(),
+                        c.ingest.len(),
+                        c.readers.len()
+                    ),
+                    Err(e) => {
+                        eprintln!("{}: {e}", path.display());
+                        ok = false;
+                    }
+                }
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
                 ExitCode::from(1)
             }
-        },
+        }
+        Command::Collector { config } => {
+            init_tracing();
+            match switchyard::collector::run(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("switchyard collector: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Usage {
+            collector,
+            token,
+            group_by,
+            since,
+            until,
+            team,
+            model,
+            format,
+        } => {
+            let req = switchyard::collector::report::Request {
+                collector: &collector,
+                token: &token,
+                group_by: &group_by,
+                since: &since,
+                until: until.as_deref(),
+                team: team.as_deref(),
+                model: model.as_deref(),
+                format,
+            };
+            match switchyard::collector::report::fetch(&req) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("switchyard usage: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Token => {
+            let token = switchyard::collector::auth::new_token();
+            println!("token:  {token}");
+            println!(
+                "config: \"{}\"",
+                switchyard::collector::auth::hash_line(&token)
+            );
+            ExitCode::SUCCESS
+        }
         Command::Proxy { config } => {
             init_tracing();
             match switchyard::server::run(config) {

@@ -24,6 +24,12 @@ pub struct Policy {
     pub ca_file: Option<String>,
     pub team: Arc<str>,
     pub service: String,
+    /// Where this sidecar runs, for usage events.
+    pub pod: PodIdentity,
+    /// Usage-event shipping (`telemetry:` with a `collector`); `None`: no events.
+    pub telemetry: Option<crate::events::Settings>,
+    /// Reload generation and SHA-256 of the policy text, carried by every usage event.
+    pub version: crate::events::PolicyVersion,
     pub providers: Vec<Provider>,
     pub models: Vec<Model>,
     pub model_index: AHashMap<String, usize>,
@@ -34,6 +40,14 @@ pub struct Policy {
     pub redacted: serde_json::Value,
     /// List prices, for models routed by name without a catalog entry (passthrough).
     pub prices: crate::price::Catalog,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PodIdentity {
+    pub namespace: Arc<str>,
+    pub pod: Arc<str>,
+    pub service: Arc<str>,
+    pub node: Arc<str>,
 }
 
 /// What a client connection is allowed before it is closed.

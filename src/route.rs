@@ -32,6 +32,8 @@ pub struct Attempt {
 #[derive(Debug)]
 pub struct Plan {
     pub route: Arc<str>,
+    /// How the plan was chosen, for the usage event's `decision`.
+    pub strategy: &'static str,
     pub attempts: Vec<Attempt>,
     pub retry: Retry,
     pub timeouts: Timeouts,
@@ -56,6 +58,7 @@ pub fn plan(policy: &Policy, input: &RouteInput<'_>) -> Result<Plan, ProxyError>
         None => match policy.model_index.get(input.model) {
             Some(&m) => Ok(Plan {
                 route: Arc::from(DEFAULT_ROUTE),
+                strategy: "catalog",
                 attempts: vec![catalog_attempt(policy, m)],
                 retry: Retry {
                     attempts: 1,
@@ -156,6 +159,7 @@ fn plan_route(policy: &Policy, route: &Route, input: &RouteInput<'_>) -> Result<
     attempts.extend(route.fallbacks.iter().map(|m| catalog_attempt(policy, *m)));
     Ok(Plan {
         route: route.name.clone(),
+        strategy: route.strategy.name(),
         attempts,
         retry: route.retry,
         timeouts: route.timeouts,

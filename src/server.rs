@@ -28,7 +28,11 @@ pub fn run(config_path: PathBuf) -> Result<(), String> {
             "no system CA bundle found; set server.ca_file or upstream TLS will fail to verify"
         );
     }
+    let telemetry = policy.telemetry.clone();
     let state = State::new(policy, config_path);
+    if let Some(settings) = &telemetry {
+        start_events(&state, settings)?;
+    }
 
     let conf = ServerConf {
         threads,
@@ -76,6 +80,25 @@ pub fn run(config_path: PathBuf) -> Result<(), String> {
     server.run(RunArgs {
         shutdown_signal: Box::new(GracefulStop { state, grace }),
     });
+    Ok(())
+}
+
+/// Opens the spool and starts shipping. The collector's URL and token follow reloads; the
+/// spool's place and size are fixed at start.
+fn start_events(state: &Arc<State>, settings: &crate::events::Settings) -> Result<(), String> {
+    let weak = Arc::downgrade(state);
+    let current = Arc::new(move || {
+        weak.upgrade()
+            .and_then(|s| s.policy.load().telemetry.clone())
+    });
+    let recorder = crate::events::Recorder::start(settings, state.metrics.events.clone(), current)?;
+    tracing::info!(
+        collector = %settings.collector,
+        spool = %settings.spool_dir.display(),
+        "usage events: recording and shipping"
+    );
+    // Set once, at start, before any request.
+    let _ = state.events.set(recorder);
     Ok(())
 }
 

@@ -50,6 +50,20 @@ impl ShutdownSignalWatch for GracefulStop {
     }
 }
 
+/// The longest a stop waits for the collector to take the spool.
+const EVENTS_ON_STOP: Duration = Duration::from_secs(10);
+/// Time the usage events get after a grace period ran out: the spool write and sync.
+const EVENTS_AFTER_GRACE: Duration = Duration::from_millis(500);
+
+/// Writes and syncs every usage event, then lets the shipper deliver until `deadline`
+/// (what it cannot send stays in the spool for the next start).
+fn flush_events(state: &State, deadline: Instant) {
+    if let Some(events) = state.events.get() {
+        let deadline = deadline.max(Instant::now() + EVENTS_AFTER_GRACE);
+        events.flush(deadline);
+    }
+}
+
 fn exit_when_idle(state: &State, grace: Duration) {
     let start = Instant::now();
     // Let Pingora close its listeners before the count can be trusted to only go down.
@@ -58,6 +72,9 @@ fn exit_when_idle(state: &State, grace: Duration) {
         let in_flight = state.in_flight();
         if in_flight <= 0 {
             tracing::info!("drained after {:?}; exiting", start.elapsed());
+            // A pod's spool may be an emptyDir that goes with the pod: deliver now, within
+            // the grace period, but do not hold the pod long for a collector that is down.
+            flush_events(state, (start + grace).min(Instant::now() + EVENTS_ON_STOP));
             std::process::exit(0);
         }
         if start.elapsed() >= grace {
@@ -65,6 +82,7 @@ fn exit_when_idle(state: &State, grace: Duration) {
                 in_flight,
                 "grace period over; exiting with requests still in flight"
             );
+            flush_events(state, Instant::now() + EVENTS_AFTER_GRACE);
             std::process::exit(0);
         }
         std::thread::sleep(Duration::from_millis(10));

@@ -21,6 +21,8 @@ pub struct State {
     /// One permit per byte of request body held in memory (`server.max_body_memory_bytes`).
     pub body_memory: Arc<Semaphore>,
     body_memory_cap: usize,
+    /// Usage-event recorder, started once when the policy names a collector.
+    pub events: std::sync::OnceLock<crate::events::Recorder>,
 }
 
 impl State {
@@ -38,6 +40,7 @@ impl State {
             config_path,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            events: std::sync::OnceLock::new(),
         })
     }
 

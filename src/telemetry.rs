@@ -2,8 +2,8 @@
 //! label sets bounded: route, provider and model come from the policy, never from raw input.
 
 use prometheus::{
-    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -34,6 +34,23 @@ pub struct Metrics {
     pub body_memory: IntGauge,
     pub config_reloads: IntCounterVec,
     pub config_generation: IntGauge,
+    pub events: EventMetrics,
+}
+
+/// The usage-event pipeline (`events`): queue, spool and delivery.
+#[derive(Clone)]
+pub struct EventMetrics {
+    /// Events recorded and not yet acknowledged by the collector (queue and spool).
+    pub queued: IntGauge,
+    pub spooled_bytes: IntGauge,
+    /// Events the collector acknowledged.
+    pub sent: IntCounter,
+    /// Events in batches that failed and will be sent again.
+    pub retried: IntCounter,
+    /// Events lost, by reason: spool_full, queue_full, write_error, rejected (malformed,
+    /// refused by the collector), corrupt (a damaged spool record); torn_tail counts
+    /// segments whose end was cut by a crash.
+    pub dropped: IntCounterVec,
 }
 
 /// The endpoint of a request as a bounded label: OpenAI's and Anthropic's API paths, and
@@ -110,6 +127,14 @@ fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> 
         .register(Box::new(h.clone()))
         .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
     h
+}
+
+fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    c
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -261,6 +286,34 @@ impl Metrics {
                 "switchyard_config_generation",
                 "Generation of the running policy (1 = as started)",
             ),
+            events: EventMetrics {
+                queued: gauge(
+                    &registry,
+                    "switchyard_events_queued",
+                    "Usage events recorded and not yet acknowledged by the collector",
+                ),
+                spooled_bytes: gauge(
+                    &registry,
+                    "switchyard_events_spooled_bytes",
+                    "Bytes of usage events on disk in the spool, awaiting acknowledgement",
+                ),
+                sent: plain_counter(
+                    &registry,
+                    "switchyard_events_sent_total",
+                    "Usage events the collector acknowledged",
+                ),
+                retried: plain_counter(
+                    &registry,
+                    "switchyard_events_retried_total",
+                    "Usage events in batches that failed to deliver and were sent again",
+                ),
+                dropped: counter(
+                    &registry,
+                    "switchyard_events_dropped_total",
+                    "Usage events lost, by reason (spool_full, queue_full, write_error, rejected, corrupt; torn_tail counts cut segment ends)",
+                    &["reason"],
+                ),
+            },
             registry,
         }
     }

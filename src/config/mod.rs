@@ -6,10 +6,10 @@ mod provider;
 pub mod raw;
 mod route;
 
-use crate::policy::{ClientLimits, HostRule, ListenAddrs, Model, Policy, Provider};
+use crate::policy::{ClientLimits, HostRule, ListenAddrs, Model, PodIdentity, Policy, Provider};
 use crate::price::{Catalog, Price};
 use ahash::AHashMap;
-use expand::{expand_vars, Env};
+use expand::{expand_secret, expand_vars, Env};
 use http::header::{HeaderName, HeaderValue};
 use provider::{
     compile_provider, host_key, load_pem, parse_base_url, provider_host_key, split_host_port,
@@ -39,7 +39,7 @@ impl ConfigError {
     /// Every config error passes here: a quoted value or a path segment that looks like a
     /// credential is hidden, whichever message echoed it (a key pasted into the wrong field
     /// is the usual way a secret reaches an error).
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError {
             field: hide_secret_words(&scrub_path(&field.into())),
             message: hide_secret_words(&scrub_with(&message.into(), |v| !looks_secret(v))),
@@ -91,14 +91,14 @@ pub fn from_str_in(
         }
         None => Catalog::default(),
     };
-    compile(raw, env, generation, prices)
+    compile(raw, env, generation, prices, sha256_hex(text.as_bytes()))
 }
 
 /// serde_yaml reports `path.to.field: message at line L column C`; split the path off.
 /// Its messages quote the offending value (`invalid type: string "sk-…"`), and a secret
 /// whose line was mis-indented is exactly such a value: every value and every name that
 /// does not look like a config key is scrubbed before the error is logged or printed.
-fn yaml_error(e: serde_yaml::Error) -> ConfigError {
+pub(crate) fn yaml_error(e: serde_yaml::Error) -> ConfigError {
     let msg = e.to_string();
     match msg.split_once(": ") {
         Some((field, rest))
@@ -246,6 +246,7 @@ fn compile(
     env: &dyn Env,
     generation: u64,
     prices: Catalog,
+    sha256: String,
 ) -> Result<Policy, ConfigError> {
     let redacted = redact(&raw);
 
@@ -463,12 +464,22 @@ fn compile(
             }
         }
     }
-    if let Some(t) = &raw.telemetry {
-        if let Some(c) = &t.collector {
-            let c = expand_vars(c, env).map_err(|m| ConfigError::new("telemetry.collector", m))?;
-            parse_base_url(&c).map_err(|m| ConfigError::new("telemetry.collector", m))?;
+    let telemetry = match &raw.telemetry {
+        Some(t) => compile_telemetry(t, env)?,
+        None => None,
+    };
+    let pod = {
+        let field = |name: &str, v: &str| {
+            expand_vars(v, env).map_err(|m| ConfigError::new(format!("identity.{name}"), m))
+        };
+        let pod = field("pod", &raw.identity.pod)?;
+        PodIdentity {
+            namespace: Arc::from(field("namespace", &raw.identity.namespace)?),
+            pod: Arc::from(if pod.is_empty() { host_name() } else { pod }),
+            service: Arc::from(service.as_str()),
+            node: Arc::from(field("node", &raw.identity.node)?),
         }
-    }
+    };
 
     Ok(Policy {
         generation,
@@ -484,6 +495,12 @@ fn compile(
         ca_file,
         team: Arc::from(team),
         service,
+        pod,
+        telemetry,
+        version: crate::events::PolicyVersion {
+            generation,
+            sha256: Arc::from(sha256),
+        },
         providers,
         models,
         model_index,
@@ -492,6 +509,70 @@ fn compile(
         redacted,
         prices,
     })
+}
+
+fn compile_telemetry(
+    t: &raw::RawTelemetry,
+    env: &dyn Env,
+) -> Result<Option<crate::events::Settings>, ConfigError> {
+    let Some(c) = &t.collector else {
+        return Ok(None);
+    };
+    let collector = expand_vars(c, env).map_err(|m| ConfigError::new("telemetry.collector", m))?;
+    parse_base_url(&collector).map_err(|m| ConfigError::new("telemetry.collector", m))?;
+    let token = match &t.token {
+        Some(v) => Some(expand_secret(v, env).map_err(|m| ConfigError::new("telemetry.token", m))?),
+        None => None,
+    };
+    let spool_dir =
+        expand_vars(&t.spool_dir, env).map_err(|m| ConfigError::new("telemetry.spool_dir", m))?;
+    if spool_dir.is_empty() {
+        return Err(ConfigError::new("telemetry.spool_dir", "must not be empty"));
+    }
+    if t.spool_max_bytes < 4096 {
+        return Err(ConfigError::new(
+            "telemetry.spool_max_bytes",
+            "must be at least 4096",
+        ));
+    }
+    if !(1..=10_000).contains(&t.batch.max_events) {
+        return Err(ConfigError::new(
+            "telemetry.batch.max_events",
+            "must be between 1 and 10000",
+        ));
+    }
+    let max_wait = parse_duration("telemetry.batch.max_wait", &t.batch.max_wait)?;
+    if max_wait < Duration::from_millis(10) || max_wait > Duration::from_secs(60) {
+        return Err(ConfigError::new(
+            "telemetry.batch.max_wait",
+            "must be between 10ms and 60s",
+        ));
+    }
+    Ok(Some(crate::events::Settings {
+        collector: collector.trim_end_matches('/').to_string(),
+        token,
+        spool_dir: spool_dir.into(),
+        spool_max_bytes: t.spool_max_bytes,
+        max_events: t.batch.max_events,
+        max_wait,
+    }))
+}
+
+/// Hex SHA-256, for the policy's version in usage events.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into the buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 const REDACTED: &str = "<redacted>";
@@ -505,6 +586,11 @@ fn redact(raw: &RawConfig) -> serde_json::Value {
         }
         for v in p.headers.values_mut() {
             *v = REDACTED.into();
+        }
+    }
+    if let Some(t) = raw.telemetry.as_mut() {
+        if t.token.is_some() {
+            t.token = Some(REDACTED.into());
         }
     }
     for t in raw.teams.values_mut() {

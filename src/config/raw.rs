@@ -140,6 +140,14 @@ pub struct Identity {
     pub team: String,
     #[serde(default = "default_service")]
     pub service: String,
+    /// The pod's place, for usage events: Kubernetes' downward API sets these variables.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Empty: the host name.
+    #[serde(default = "default_pod")]
+    pub pod: String,
+    #[serde(default = "default_node")]
+    pub node: String,
 }
 
 impl Default for Identity {
@@ -147,8 +155,21 @@ impl Default for Identity {
         Identity {
             team: default_team(),
             service: default_service(),
+            namespace: default_namespace(),
+            pod: default_pod(),
+            node: default_node(),
         }
     }
+}
+
+fn default_namespace() -> String {
+    "${POD_NAMESPACE:-}".into()
+}
+fn default_pod() -> String {
+    "${POD_NAME:-}".into()
+}
+fn default_node() -> String {
+    "${NODE_NAME:-}".into()
 }
 
 fn default_team() -> String {
@@ -313,8 +334,48 @@ pub struct RawLimits {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTelemetry {
+    /// The collector's base URL; without it no usage events are recorded or shipped.
     #[serde(default)]
     pub collector: Option<String>,
+    /// Bearer token for `POST /v1/events` (`${VAR}` or `file:/path`).
     #[serde(default)]
-    pub spool_dir: Option<String>,
+    pub token: Option<String>,
+    #[serde(default = "default_spool_dir")]
+    pub spool_dir: String,
+    #[serde(default = "default_spool_max")]
+    pub spool_max_bytes: u64,
+    #[serde(default)]
+    pub batch: RawBatch,
+}
+
+fn default_spool_dir() -> String {
+    "/var/lib/switchyard/spool".into()
+}
+fn default_spool_max() -> u64 {
+    256 << 20
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBatch {
+    #[serde(default = "default_batch_events")]
+    pub max_events: usize,
+    #[serde(default = "default_batch_wait")]
+    pub max_wait: String,
+}
+
+impl Default for RawBatch {
+    fn default() -> Self {
+        RawBatch {
+            max_events: default_batch_events(),
+            max_wait: default_batch_wait(),
+        }
+    }
+}
+
+fn default_batch_events() -> usize {
+    500
+}
+fn default_batch_wait() -> String {
+    "1s".into()
 }

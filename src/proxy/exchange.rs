@@ -47,6 +47,7 @@ const MAX_INFORMATIONAL: usize = 8;
 pub fn direct_plan(provider: usize) -> Plan {
     Plan {
         route: Arc::from("direct"),
+        strategy: "direct",
         attempts: vec![Attempt {
             provider,
             upstream_model: None,
@@ -93,6 +94,7 @@ impl Switchyard {
     ) -> Result<(), Failure> {
         let metrics = &self.state.metrics;
         ctx.route = plan.route.clone();
+        ctx.record.strategy = plan.strategy;
         let mut n = 0;
         let mut fresh_retry_used = false;
         let mut fresh = false;
@@ -105,6 +107,8 @@ impl Switchyard {
             ctx.provider = provider.name.clone();
             ctx.model = attempt.model_label.clone();
             ctx.price = attempt.price;
+            ctx.record.attempts += 1;
+            ctx.record.fallback = n > 0;
             if n > 0 {
                 metrics.fallbacks.with_label_values(&[&*plan.route]).inc();
             }

@@ -3,6 +3,7 @@
 //! `exchange`); passthrough hosts go down Pingora's ordinary proxy phases untouched.
 
 pub mod accept;
+mod account;
 mod batch;
 mod body;
 mod conn;
@@ -75,6 +76,8 @@ pub struct Ctx {
     overhead: Duration,
     /// The request body's share of `server.max_body_memory_bytes`, held until the end.
     body_memory: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// What the usage event reports, filled in as the walk learns it (see `account`).
+    pub(crate) record: account::Record,
 }
 
 impl Ctx {
@@ -112,6 +115,7 @@ impl ProxyHttp for Switchyard {
             mark: None,
             overhead: Duration::ZERO,
             body_memory: None,
+            record: account::Record::default(),
         }
     }
 
@@ -125,7 +129,9 @@ impl ProxyHttp for Switchyard {
         // One snapshot for the whole request, however many reloads happen meanwhile.
         let policy = self.state.policy.load_full();
         ctx.team = policy.team.clone();
-        match self.handle(session, ctx, &policy).await {
+        let result = self.handle(session, ctx, &policy).await;
+        ctx.record.policy = Some(policy);
+        match result {
             Ok(Handled::Done) => Ok(true),
             Ok(Handled::Passthrough) => Ok(false),
             Err(Failure::Answer(e)) => {
@@ -230,6 +236,14 @@ impl ProxyHttp for Switchyard {
         m.requests
             .with_label_values(&[&*ctx.route, &*ctx.provider, &*ctx.model, status])
             .inc();
+        if let Some(events) = self.state.events.get() {
+            let status = session
+                .response_written()
+                .map_or(ctx.status, |r| r.status.as_u16());
+            if let Some(event) = account::event(ctx, status) {
+                events.record(event);
+            }
+        }
         m.request_duration
             .with_label_values(&[&*ctx.route])
             .observe(ctx.start.elapsed().as_secs_f64());
@@ -321,6 +335,7 @@ impl Switchyard {
             && method == http::Method::GET
             && accept::path_only(&path_and_query) == "/v1/models"
         {
+            ctx.record.local = true;
             let body = exchange::catalog_listing(policy);
             self.send_json(session, ctx, 200, body)
                 .await
@@ -344,6 +359,10 @@ impl Switchyard {
         } else {
             rewrite::probe(&body)?
         };
+        if let Some(p) = &probe {
+            ctx.record.requested_model = Some(Arc::from(p.model.as_str()));
+            ctx.record.stream = p.stream;
+        }
 
         let plan = match (&probe, host_provider) {
             (Some(p), _) => route::plan(
@@ -379,6 +398,7 @@ impl Switchyard {
     }
 
     async fn send_error(&self, session: &mut Session, ctx: &mut Ctx, e: &ProxyError) -> Result<()> {
+        ctx.record.error_code = Some(e.code);
         self.state
             .metrics
             .errors

@@ -270,7 +270,7 @@ impl Switchyard {
     /// A response relayed to its end: its usage accounted, its connection released.
     async fn completed(
         &self,
-        ctx: &Ctx,
+        ctx: &mut Ctx,
         provider: &Provider,
         usage: Option<Usage>,
         up: Http1Session,
@@ -279,7 +279,9 @@ impl Switchyard {
         let m = &self.state.metrics;
         match usage {
             Some(u) => {
-                m.record_usage(&provider.name, &ctx.model, &ctx.team, &u, ctx.price);
+                ctx.record.cost =
+                    m.record_usage(&provider.name, &ctx.model, &ctx.team, &u, ctx.price);
+                ctx.record.usage = Some(u);
             }
             // A call that may cost money but said nothing of its usage: a visible gap,
             // never a silent one. Moderations are free by design; GETs are not LLM calls.
@@ -295,7 +297,13 @@ impl Switchyard {
     }
 
     /// A failed write to the client is a cut by the client, accounted with what went so far.
-    fn client_cut(&self, ctx: &Ctx, provider: &Provider, partial: Usage, e: Box<Error>) -> Failure {
+    fn client_cut(
+        &self,
+        ctx: &mut Ctx,
+        provider: &Provider,
+        partial: Usage,
+        e: Box<Error>,
+    ) -> Failure {
         self.cut("client", ctx, provider, partial);
         Failure::Abort(e)
     }
@@ -311,7 +319,7 @@ impl Switchyard {
         }
     }
 
-    fn upstream_broke(&self, ctx: &Ctx, provider: &Provider, partial: Usage, e: &Error) {
+    fn upstream_broke(&self, ctx: &mut Ctx, provider: &Provider, partial: Usage, e: &Error) {
         tracing::warn!(
             provider = &*provider.name,
             "upstream broke mid-response: {e}"
@@ -320,23 +328,28 @@ impl Switchyard {
     }
 
     /// The first bytes of a streamed answer reach the client.
-    fn first_token(&self, ctx: &Ctx, plan: &Plan) {
+    fn first_token(&self, ctx: &mut Ctx, plan: &Plan) {
+        let ttft = ctx.start.elapsed();
+        ctx.record.ttft = Some(ttft);
         self.state
             .metrics
             .time_to_first_token
             .with_label_values(&[&*plan.route])
-            .observe(ctx.start.elapsed().as_secs_f64());
+            .observe(ttft.as_secs_f64());
     }
 
     /// A response cut before its end, by `side`: counted, and what was streamed so far
     /// accounted as partial usage.
-    fn cut(&self, side: &str, ctx: &Ctx, provider: &Provider, partial: Usage) {
+    fn cut(&self, side: &str, ctx: &mut Ctx, provider: &Provider, partial: Usage) {
         let m = &self.state.metrics;
         m.streams_interrupted.with_label_values(&[side]).inc();
         m.partial_usage
             .with_label_values(&[&*provider.name, &*ctx.model])
             .inc();
-        m.record_usage(&provider.name, &ctx.model, &ctx.team, &partial, ctx.price);
+        ctx.record.cost =
+            m.record_usage(&provider.name, &ctx.model, &ctx.team, &partial, ctx.price);
+        ctx.record.usage = Some(partial);
+        ctx.record.partial = true;
         tracing::info!(
             provider = &*provider.name,
             model = &*ctx.model,

@@ -1,0 +1,157 @@
+//! The collector: `switchyard collector --config FILE`. Takes usage events from the
+//! sidecars (`POST /v1/events`), stores them idempotently with their roll-ups (SQLite by
+//! default, PostgreSQL in production), and answers analytics, budgets and the dashboard.
+//! One binary serves every role: this is a subcommand, not a separate program.
+
+mod api;
+pub mod auth;
+pub mod budgets;
+pub mod config;
+mod dashboard;
+pub mod query;
+pub mod report;
+pub mod rollup;
+pub mod store;
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct App {
+    pub cfg: config::CollectorConfig,
+    pub store: store::Store,
+    pub metrics: Metrics,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// Events by result: stored, duplicate, rejected.
+    pub events: IntCounterVec,
+    /// Ingest requests by result: ok, unauthorized, too_large, bad_body, db_error.
+    pub batches: IntCounterVec,
+    pub ingest_seconds: HistogramVec,
+    pub retention_deleted: IntCounter,
+}
+
+impl Metrics {
+    fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let events = IntCounterVec::new(
+            Opts::new(
+                "switchyard_collector_events_total",
+                "Usage events received, by result (stored, duplicate, rejected)",
+            ),
+            &["result"],
+        )?;
+        let batches = IntCounterVec::new(
+            Opts::new(
+                "switchyard_collector_batches_total",
+                "Ingest requests by result (ok, unauthorized, too_large, bad_body, db_error)",
+            ),
+            &["result"],
+        )?;
+        let ingest_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_collector_ingest_seconds",
+                "Time to store one batch, transaction commit included",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ]),
+            &["backend"],
+        )?;
+        let retention_deleted = IntCounter::new(
+            "switchyard_collector_retention_deleted_total",
+            "Raw events deleted by retention (roll-ups are kept)",
+        )?;
+        registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(batches.clone()))?;
+        registry.register(Box::new(ingest_seconds.clone()))?;
+        registry.register(Box::new(retention_deleted.clone()))?;
+        Ok(Metrics {
+            registry,
+            events,
+            batches,
+            ingest_seconds,
+            retention_deleted,
+        })
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        if let Err(e) = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!("encoding metrics failed: {e}");
+        }
+        buf
+    }
+}
+
+/// Runs the collector until SIGTERM or SIGINT.
+pub fn run(config_path: &Path) -> Result<(), String> {
+    let cfg = config::load(config_path)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(serve(cfg))
+}
+
+pub async fn serve(cfg: config::CollectorConfig) -> Result<(), String> {
+    let store = store::Store::open(&cfg.database).await?;
+    let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    tracing::info!(
+        listen = %cfg.listen,
+        database = %cfg.database.describe(),
+        "switchyard collector starting"
+    );
+    let app = Arc::new(App {
+        cfg,
+        store,
+        metrics,
+    });
+    tokio::spawn(retention(app.clone()));
+    axum::serve(listener, api::router(app))
+        .with_graceful_shutdown(stop_signal())
+        .await
+        .map_err(|e| format!("collector: {e}"))
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+    tracing::info!("collector stopping: finishing requests in progress");
+}
+
+/// Deletes raw events past `retention.raw_days`, hourly; roll-ups are kept.
+async fn retention(app: Arc<App>) {
+    loop {
+        let cutoff = chrono::Utc::now().timestamp_millis()
+            - i64::try_from(app.cfg.raw_retention.as_millis()).unwrap_or(i64::MAX);
+        match app.store.delete_before(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => {
+                app.metrics.retention_deleted.inc_by(n);
+                tracing::info!(deleted = n, "retention: raw events removed");
+            }
+            Err(e) => tracing::warn!("retention: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}

@@ -1,0 +1,226 @@
+//! The usage event: one per request on the LLM path. One type, serialised by the sidecar
+//! and parsed by the collector, so the two cannot drift; versioned (`v`) so a fleet can
+//! be upgraded one pod at a time. It never carries prompt or completion text, nor a key.
+
+use crate::price::Atto;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::sync::Arc;
+
+/// The schema version this build writes.
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageEvent {
+    pub v: u32,
+    /// UUIDv7: time-ordered, and the idempotency key of delivery.
+    pub id: uuid::Uuid,
+    /// When the request ended (UTC, millisecond precision).
+    pub ts: chrono::DateTime<chrono::Utc>,
+    #[serde(default)]
+    pub namespace: Arc<str>,
+    #[serde(default)]
+    pub pod: Arc<str>,
+    #[serde(default)]
+    pub service: Arc<str>,
+    #[serde(default)]
+    pub node: Arc<str>,
+    pub team: Arc<str>,
+    /// The virtual key's id (never the key), once governance identifies callers by key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<Arc<str>>,
+    pub route: Arc<str>,
+    /// The model the client asked for (absent when the body named none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_model: Option<Arc<str>>,
+    /// The catalog model that answered (or was tried last).
+    pub model: Arc<str>,
+    pub provider: Arc<str>,
+    /// Upstream attempts made (0 when the proxy answered itself).
+    pub attempts: u32,
+    /// The answer came from a later attempt than the plan's first.
+    pub fallback: bool,
+    /// The HTTP status the client received (0: the connection was cut before any).
+    pub status: u16,
+    /// The proxy's own error code, when the proxy answered with an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<Arc<str>>,
+    pub stream: bool,
+    /// The response was cut before its end; tokens are those streamed so far.
+    pub partial: bool,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    #[serde(default)]
+    pub cache_write_tokens: u64,
+    pub reasoning_tokens: u64,
+    /// Exact, from the integer atto-dollar cost: written as a JSON number with every digit.
+    pub cost_usd: Usd,
+    pub latency_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<u64>,
+    pub overhead_us: u64,
+    pub policy_version: PolicyVersion,
+    pub decision: Decision,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyVersion {
+    /// The reload generation (1 = as started).
+    pub generation: u64,
+    /// Hex SHA-256 of the policy file the request ran under.
+    pub sha256: Arc<str>,
+}
+
+/// How the upstream was chosen. Routing strategies fill in more as they learn to explain.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Decision {
+    pub strategy: Arc<str>,
+    /// Why this target, in a few words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Arc<str>>,
+}
+
+/// A USD amount held exactly as integer atto-dollars (10⁻¹⁸), serialised as a JSON number
+/// with all its digits and parsed back without passing through a float.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
+pub struct Usd(pub Atto);
+
+impl Serialize for Usd {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let text = crate::price::usd_decimal(self.0);
+        match serde_json::value::RawValue::from_string(text) {
+            Ok(raw) => raw.serialize(s),
+            Err(e) => Err(serde::ser::Error::custom(e)),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Usd {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Usd, D::Error> {
+        // A number keeps its text through RawValue; a quoted decimal is accepted too.
+        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+        let text = raw.get().trim_matches('"');
+        parse_usd(text).map(Usd).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses a non-negative decimal (`12`, `0.000150`) into atto-dollars, exactly; more than
+/// 18 decimals is refused rather than rounded.
+pub fn parse_usd(text: &str) -> Result<Atto, String> {
+    const SCALE: u32 = 18;
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole)
+        || (!frac.is_empty() && !digits(frac))
+        || (text.contains('.') && frac.is_empty())
+    {
+        return Err(format!(
+            "cost_usd {:?} is not a plain decimal",
+            crate::error::clip(text)
+        ));
+    }
+    if frac.len() > SCALE as usize || whole.len() > 20 {
+        return Err("cost_usd has more digits than atto-dollar precision holds".into());
+    }
+    let whole: Atto = whole
+        .parse()
+        .map_err(|_| "cost_usd is out of range".to_string())?;
+    let mut f: Atto = if frac.is_empty() {
+        0
+    } else {
+        frac.parse()
+            .map_err(|_| "cost_usd is out of range".to_string())?
+    };
+    f *= 10u128.pow(SCALE - frac.len() as u32);
+    whole
+        .checked_mul(10u128.pow(SCALE))
+        .and_then(|w| w.checked_add(f))
+        .ok_or_else(|| "cost_usd is out of range".to_string())
+}
+
+impl UsageEvent {
+    /// One NDJSON line (no newline).
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising plain strings and numbers cannot fail; an empty line would be
+        // rejected by the collector and counted, never silently lost.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> UsageEvent {
+        UsageEvent {
+            v: VERSION,
+            id: uuid::Uuid::now_v7(),
+            ts: chrono::Utc::now(),
+            namespace: "ml".into(),
+            pod: "app-1".into(),
+            service: "chatbot".into(),
+            node: "n1".into(),
+            team: "research".into(),
+            key_id: None,
+            route: "chat".into(),
+            requested_model: Some("gpt-4o".into()),
+            model: "gpt-4o-mini".into(),
+            provider: "openai".into(),
+            attempts: 1,
+            fallback: false,
+            status: 200,
+            error_code: None,
+            stream: true,
+            partial: false,
+            input_tokens: 12,
+            output_tokens: 7,
+            cached_tokens: 0,
+            cache_write_tokens: 0,
+            reasoning_tokens: 0,
+            cost_usd: Usd(6_000_000_000_000),
+            latency_ms: 5,
+            ttft_ms: Some(2),
+            overhead_us: 40,
+            policy_version: PolicyVersion {
+                generation: 1,
+                sha256: "ab".into(),
+            },
+            decision: Decision {
+                strategy: "weighted".into(),
+                reason: None,
+            },
+        }
+    }
+
+    #[test]
+    fn round_trips_exactly() {
+        let e = sample();
+        let line = e.to_json();
+        let text = std::str::from_utf8(&line).unwrap();
+        assert!(text.contains("\"cost_usd\":0.000006"), "{text}");
+        assert!(!text.contains("key_id"), "absent key is omitted");
+        let back: UsageEvent = serde_json::from_slice(&line).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn usd_parses_without_floats() {
+        assert_eq!(parse_usd("0").unwrap(), 0);
+        assert_eq!(parse_usd("1.5").unwrap(), 1_500_000_000_000_000_000);
+        assert_eq!(parse_usd("0.000000000000000001").unwrap(), 1);
+        for bad in [
+            "",
+            ".",
+            "1.",
+            "-1",
+            "1e-6",
+            "0.0000000000000000001",
+            "abc",
+            "1.2.3",
+        ] {
+            assert!(parse_usd(bad).is_err(), "{bad:?}");
+        }
+        let q: Usd = serde_json::from_str("\"0.25\"").unwrap();
+        assert_eq!(q.0, 250_000_000_000_000_000);
+    }
+}

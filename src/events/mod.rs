@@ -1,0 +1,200 @@
+//! Usage events, from the request's end to the collector: the request path hands an event
+//! to a bounded queue and moves on; a writer thread appends it to the spool (on disk
+//! within milliseconds, fsync'd at least once a second); a shipper thread sends the spool
+//! oldest first and deletes what the collector acknowledged. Nothing here ever makes a
+//! request wait, and nothing is dropped without being counted.
+
+pub mod event;
+pub mod ship;
+pub mod spool;
+
+pub use event::{Decision, PolicyVersion, UsageEvent, Usd};
+
+use crate::telemetry::EventMetrics;
+use spool::Spool;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Events waiting for the writer thread. At 10k requests/s this is seconds of slack for a
+/// stalled disk; past it, events are dropped and counted (`reason="queue_full"`).
+const QUEUE: usize = 65_536;
+/// The durability rule: written records reach stable storage at least this often.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// What `telemetry:` asks for, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The collector's base URL (`http://collector:7070`).
+    pub collector: String,
+    pub token: Option<String>,
+    pub spool_dir: std::path::PathBuf,
+    pub spool_max_bytes: u64,
+    pub max_events: usize,
+    pub max_wait: Duration,
+}
+
+enum Msg {
+    Event(Box<UsageEvent>),
+    /// Write and sync everything queued before this, then answer.
+    Flush(SyncSender<()>),
+}
+
+/// The request path's handle: `record` never blocks.
+pub struct Recorder {
+    tx: SyncSender<Msg>,
+    metrics: EventMetrics,
+    shipper: ship::Handle,
+}
+
+impl Recorder {
+    /// Opens the spool and starts the writer and shipper threads.
+    pub fn start(
+        settings: &Settings,
+        metrics: EventMetrics,
+        current: Arc<dyn Fn() -> Option<Settings> + Send + Sync>,
+    ) -> Result<Recorder, String> {
+        let (spool, damage) = Spool::open(&settings.spool_dir, settings.spool_max_bytes)?;
+        if damage != spool::Damage::default() {
+            tracing::warn!(
+                corrupt_records = damage.corrupt_records,
+                torn_tails = damage.torn_tails,
+                "spool: damaged records found after a crash; they will be skipped"
+            );
+        }
+        metrics.spooled_bytes.set(spool.bytes() as i64);
+        metrics.queued.set(spool.pending() as i64);
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let shipper = ship::start(spool.clone(), settings, metrics.clone(), current)?;
+        let writer_spool = spool;
+        let writer_metrics = metrics.clone();
+        let wake = shipper.clone();
+        let max_events = settings.max_events;
+        std::thread::Builder::new()
+            .name("events-spool".into())
+            .spawn(move || write_loop(rx, &writer_spool, &writer_metrics, &wake, max_events))
+            .map_err(|e| format!("cannot start the spool writer: {e}"))?;
+        Ok(Recorder {
+            tx,
+            metrics,
+            shipper,
+        })
+    }
+
+    /// Hands one event to the writer; if the queue is full it is dropped and counted.
+    pub fn record(&self, event: UsageEvent) {
+        match self.tx.try_send(Msg::Event(Box::new(event))) {
+            Ok(()) => self.metrics.queued.inc(),
+            Err(TrySendError::Full(_)) => {
+                self.metrics
+                    .dropped
+                    .with_label_values(&["queue_full"])
+                    .inc();
+                warn_dropped("the spool writer's queue is full");
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.metrics
+                    .dropped
+                    .with_label_values(&["writer_stopped"])
+                    .inc();
+                warn_dropped("the spool writer has stopped");
+            }
+        }
+    }
+
+    /// At shutdown: everything recorded is written and synced, then the shipper gets until
+    /// `deadline` to deliver it. What it could not send stays in the spool for next time.
+    pub fn flush(&self, deadline: Instant) {
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        if self.tx.send(Msg::Flush(done_tx)).is_ok() {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            if done_rx.recv_timeout(wait).is_err() {
+                tracing::warn!("spool: the writer did not finish in time");
+            }
+        }
+        self.shipper.drain(deadline);
+    }
+}
+
+/// At most one log line a second about drops; the metric has the exact count.
+fn warn_dropped(why: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST.swap(now, Ordering::Relaxed) != now {
+        tracing::error!(
+            "usage events dropped: {why} (switchyard_events_dropped_total counts them)"
+        );
+    }
+}
+
+fn write_loop(
+    rx: Receiver<Msg>,
+    spool: &Spool,
+    metrics: &EventMetrics,
+    shipper: &ship::Handle,
+    max_events: usize,
+) {
+    let mut payloads = Vec::with_capacity(256);
+    let mut flushes = Vec::new();
+    loop {
+        let first = match rx.recv_timeout(SYNC_EVERY) {
+            Ok(m) => Some(m),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        // Whatever else is already queued goes in the same write.
+        for msg in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+        {
+            match msg {
+                Msg::Event(e) => payloads.push(e.to_json()),
+                Msg::Flush(done) => flushes.push(done),
+            }
+            if payloads.len() >= 4096 {
+                break;
+            }
+        }
+        if !payloads.is_empty() {
+            let n = payloads.len() as i64;
+            match spool.append(&payloads) {
+                Ok(out) => {
+                    // `queued` counts events from `record` until the collector acknowledges
+                    // them; dropped ones leave it here.
+                    metrics.queued.sub(out.dropped as i64);
+                    if out.dropped > 0 {
+                        metrics
+                            .dropped
+                            .with_label_values(&["spool_full"])
+                            .inc_by(out.dropped);
+                        warn_dropped("the spool is full (telemetry.spool_max_bytes)");
+                    }
+                }
+                Err(e) => {
+                    metrics
+                        .dropped
+                        .with_label_values(&["write_error"])
+                        .inc_by(n as u64);
+                    metrics.queued.sub(n);
+                    tracing::error!("{e}; {n} usage events dropped");
+                }
+            }
+            metrics.spooled_bytes.set(spool.bytes() as i64);
+            payloads.clear();
+            if spool.pending() as usize >= max_events {
+                shipper.wake();
+            }
+        }
+        if !flushes.is_empty() || spool.since_sync() >= SYNC_EVERY {
+            if let Err(e) = spool.sync() {
+                tracing::error!("{e}");
+            }
+            for done in flushes.drain(..) {
+                let _ = done.send(());
+            }
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! The shipper: reads the spool oldest first and POSTs it to the collector as gzip NDJSON,
+//! on a thread and runtime of its own. A batch is acknowledged in the spool only after the
+//! collector answered 2xx (its transaction committed); failures back off exponentially
+//! with jitter and the same batch is sent again — the collector stores an id once.
+
+use super::spool::{Batch, Damage, Spool};
+use super::Settings;
+use crate::telemetry::EventMetrics;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Wakes the shipper, and at shutdown waits for it to deliver what is pending.
+#[derive(Clone)]
+pub struct Handle(Arc<Shared>);
+
+struct Shared {
+    wake: tokio::sync::Notify,
+    draining: AtomicBool,
+    deadline: Mutex<Option<Instant>>,
+    /// Set by the shipper once a drain is over (spool empty or deadline passed).
+    drained: (Mutex<bool>, Condvar),
+}
+
+impl Handle {
+    pub fn wake(&self) {
+        self.0.wake.notify_one();
+    }
+
+    /// Sends what is pending until the spool is empty or `deadline` passes.
+    pub fn drain(&self, deadline: Instant) {
+        *self.0.deadline.lock().unwrap_or_else(|p| p.into_inner()) = Some(deadline);
+        self.0.draining.store(true, Ordering::Release);
+        self.0.wake.notify_one();
+        let (lock, cv) = &self.0.drained;
+        let mut done = lock.lock().unwrap_or_else(|p| p.into_inner());
+        while !*done {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            done = cv
+                .wait_timeout(done, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.0
+            .deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|d| Instant::now() >= d)
+    }
+
+    fn finish_drain(&self) {
+        let (lock, cv) = &self.0.drained;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+    }
+}
+
+pub fn start(
+    spool: Arc<Spool>,
+    settings: &Settings,
+    metrics: EventMetrics,
+    current: Arc<dyn Fn() -> Option<Settings> + Send + Sync>,
+) -> Result<Handle, String> {
+    let handle = Handle(Arc::new(Shared {
+        wake: tokio::sync::Notify::new(),
+        draining: AtomicBool::new(false),
+        deadline: Mutex::new(None),
+        drained: (Mutex::new(false), Condvar::new()),
+    }));
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .no_proxy()
+        .build()
+        .map_err(|e| format!("cannot build the collector client: {e}"))?;
+    let shipper = Shipper {
+        spool,
+        client,
+        fallback: settings.clone(),
+        current,
+        metrics,
+        handle: handle.clone(),
+    };
+    std::thread::Builder::new()
+        .name("events-ship".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(shipper.run()),
+                Err(e) => tracing::error!("cannot start the shipper runtime: {e}"),
+            }
+        })
+        .map_err(|e| format!("cannot start the shipper: {e}"))?;
+    Ok(handle)
+}
+
+struct Shipper {
+    spool: Arc<Spool>,
+    client: reqwest::Client,
+    /// The settings at start; `current` gives the running policy's (collector URL and
+    /// token follow reloads; the spool's place and size are fixed at start).
+    fallback: Settings,
+    current: Arc<dyn Fn() -> Option<Settings> + Send + Sync>,
+    metrics: EventMetrics,
+    handle: Handle,
+}
+
+enum SendError {
+    /// The batch is larger than the collector takes: send it in halves.
+    TooLarge,
+    Failed(String),
+}
+
+#[derive(serde::Deserialize, Default)]
+struct IngestAnswer {
+    #[serde(default)]
+    rejected: u64,
+}
+
+impl Shipper {
+    async fn run(self) {
+        let mut backoff = BACKOFF_FIRST;
+        let mut max_events = self.fallback.max_events;
+        let mut failing = false;
+        loop {
+            let settings = (self.current)().unwrap_or_else(|| self.fallback.clone());
+            let draining = self.handle.0.draining.load(Ordering::Acquire);
+            if !draining {
+                let _ =
+                    tokio::time::timeout(settings.max_wait, self.handle.0.wake.notified()).await;
+            }
+            // Send everything available, a batch at a time.
+            loop {
+                let settings = (self.current)().unwrap_or_else(|| self.fallback.clone());
+                let (batch, damage) = match self.spool.read(max_events) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        break;
+                    }
+                };
+                if batch.events == 0 {
+                    if damage != Damage::default() {
+                        self.acknowledged(&batch, damage, 0);
+                    }
+                    break;
+                }
+                match self.send(&settings, &batch).await {
+                    Ok(rejected) => {
+                        if failing {
+                            tracing::info!("collector reachable again; sending the spool");
+                            failing = false;
+                        }
+                        self.acknowledged(&batch, damage, rejected);
+                        backoff = BACKOFF_FIRST;
+                        max_events = settings.max_events;
+                    }
+                    Err(e) => {
+                        self.metrics.retried.inc_by(batch.events as u64);
+                        match e {
+                            SendError::TooLarge if max_events > 1 => {
+                                max_events /= 2;
+                                continue;
+                            }
+                            SendError::TooLarge => {
+                                if !failing {
+                                    tracing::error!("collector refuses a single event as too large; it stays in the spool");
+                                }
+                            }
+                            SendError::Failed(msg) => {
+                                if !failing {
+                                    tracing::warn!(
+                                        "cannot deliver usage events ({msg}); they stay in the spool and are retried"
+                                    );
+                                }
+                            }
+                        }
+                        failing = true;
+                        if self.handle.0.draining.load(Ordering::Acquire)
+                            && self.handle.past_deadline()
+                        {
+                            break;
+                        }
+                        // Full jitter on half the step: spread a fleet's retries.
+                        let jitter = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
+                        tokio::time::sleep(jitter).await;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                }
+            }
+            if self.handle.0.draining.load(Ordering::Acquire)
+                && (self.spool.pending() == 0 || self.handle.past_deadline())
+            {
+                if self.spool.pending() > 0 {
+                    tracing::warn!(
+                        pending = self.spool.pending(),
+                        "stopping with usage events unsent; they stay in the spool for the next start"
+                    );
+                }
+                self.handle.finish_drain();
+                return;
+            }
+        }
+    }
+
+    fn acknowledged(&self, batch: &Batch, damage: Damage, rejected: u64) {
+        self.spool.ack(batch.end, batch.events as u64);
+        let m = &self.metrics;
+        m.sent
+            .inc_by(batch.events as u64 - rejected.min(batch.events as u64));
+        m.queued.sub(batch.events as i64);
+        m.spooled_bytes.set(self.spool.bytes() as i64);
+        if rejected > 0 {
+            m.dropped.with_label_values(&["rejected"]).inc_by(rejected);
+            tracing::error!(rejected, "the collector rejected malformed usage events");
+        }
+        if damage.corrupt_records > 0 {
+            m.dropped
+                .with_label_values(&["corrupt"])
+                .inc_by(damage.corrupt_records);
+        }
+        if damage.torn_tails > 0 {
+            m.dropped
+                .with_label_values(&["torn_tail"])
+                .inc_by(damage.torn_tails);
+        }
+        if damage != Damage::default() {
+            tracing::warn!(
+                corrupt_records = damage.corrupt_records,
+                torn_tails = damage.torn_tails,
+                "spool: damaged records skipped"
+            );
+        }
+    }
+
+    /// One POST; returns how many lines the collector rejected as malformed.
+    async fn send(&self, settings: &Settings, batch: &Batch) -> Result<u64, SendError> {
+        let mut gz = flate2::write::GzEncoder::new(
+            Vec::with_capacity(batch.ndjson.len() / 4),
+            flate2::Compression::fast(),
+        );
+        gz.write_all(&batch.ndjson)
+            .map_err(|e| SendError::Failed(format!("gzip: {e}")))?;
+        let body = gz
+            .finish()
+            .map_err(|e| SendError::Failed(format!("gzip: {e}")))?;
+        let url = format!("{}/v1/events", settings.collector.trim_end_matches('/'));
+        let mut req = self
+            .client
+            .post(url)
+            .header("content-type", "application/x-ndjson")
+            .header("content-encoding", "gzip")
+            .body(body);
+        if let Some(t) = &settings.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| SendError::Failed(without_url(&e)))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
+            return Err(SendError::TooLarge);
+        }
+        if !status.is_success() {
+            return Err(SendError::Failed(format!("collector answered {status}")));
+        }
+        let answer: IngestAnswer = resp.json().await.unwrap_or_default();
+        Ok(answer.rejected)
+    }
+}
+
+/// reqwest's errors name the URL; ours is in the config already, and may carry a query.
+fn without_url(e: &reqwest::Error) -> String {
+    let kind = if e.is_connect() {
+        "cannot connect"
+    } else if e.is_timeout() {
+        "timed out"
+    } else {
+        "request failed"
+    };
+    let mut source = std::error::Error::source(e);
+    let mut detail = String::new();
+    while let Some(s) = source {
+        detail = s.to_string();
+        source = s.source();
+    }
+    if detail.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}: {detail}")
+    }
+}

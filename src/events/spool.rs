@@ -1,0 +1,669 @@
+//! The spool: a write-ahead log of usage events on local disk, so that neither a dead
+//! collector nor a killed sidecar loses an event of a request that was answered.
+//!
+//! Layout: `DIR/seg-<id>.log` segment files, appended by one writer and read oldest first
+//! by the shipper; `DIR/cursor` (segment and offset acknowledged so far); `DIR/lock`
+//! (flock: one process per spool). A record is `len: u32 LE | crc32(payload): u32 LE |
+//! payload` (one event's JSON). A segment is deleted only once every record in it was
+//! acknowledged by the collector. After a crash, a record whose checksum fails or whose
+//! length runs past the end of its segment (a torn tail) is counted and skipped.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+const HEADER: usize = 8;
+/// Larger than any event by far: a length above it is corruption, not a record.
+pub const MAX_RECORD: usize = 1 << 20;
+/// A segment is sealed and a new one started once it holds this much.
+pub const SEGMENT_BYTES: u64 = 8 << 20;
+
+/// A place in the spool: a segment and a byte offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Position {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+/// Records read for one delivery, as NDJSON, and where the next read starts.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub ndjson: Vec<u8>,
+    pub events: usize,
+    pub end: Position,
+}
+
+/// What recovery and reading found wrong in the spool, for the metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Damage {
+    /// Records whose checksum failed, skipped.
+    pub corrupt_records: u64,
+    /// Segment tails that were cut mid-record (a crash while writing), skipped.
+    pub torn_tails: u64,
+}
+
+#[derive(Debug)]
+struct Segment {
+    id: u64,
+    /// Bytes written: whole records only, for the active segment as well.
+    len: u64,
+}
+
+#[derive(Debug)]
+struct Index {
+    /// Oldest first; the last one is the active (written) segment.
+    segments: Vec<Segment>,
+    /// The next record to send.
+    cursor: Position,
+    total_bytes: u64,
+    /// Records written and not yet acknowledged.
+    pending: u64,
+}
+
+/// Shared by the writer thread and the shipper.
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    index: Mutex<Index>,
+    active: Mutex<Active>,
+    _lock: File,
+}
+
+struct Active {
+    file: File,
+    id: u64,
+    dirty: bool,
+    synced: Instant,
+}
+
+/// The outcome of an append.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub written: u64,
+    /// Events that did not fit under `spool_max_bytes`: dropped, and counted by the caller.
+    pub dropped: u64,
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("seg-{id:020}.log"))
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> String {
+    format!("spool: cannot {what} {}: {e}", path.display())
+}
+
+impl Spool {
+    /// Opens (or creates) the spool in `dir`, recovering what a previous process left.
+    /// Returns the spool and what recovery found damaged.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<(Arc<Spool>, Damage), String> {
+        fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io("open", &lock_path, e))?;
+        // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(format!(
+                "spool: {} is in use by another process (one spool per sidecar)",
+                dir.display()
+            ));
+        }
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(dir).map_err(|e| io("list", dir, e))? {
+            let entry = entry.map_err(|e| io("list", dir, e))?;
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("seg-"))
+                .and_then(|n| n.strip_suffix(".log"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            ids.push(id);
+        }
+        ids.sort_unstable();
+        let cursor = read_cursor(dir);
+        let mut segments = Vec::new();
+        let mut damage = Damage::default();
+        let mut pending = 0;
+        let mut total_bytes = 0;
+        for id in ids {
+            let path = segment_path(dir, id);
+            if id < cursor.segment {
+                // Acknowledged before the crash, not yet deleted.
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            let bytes = fs::read(&path).map_err(|e| io("read", &path, e))?;
+            let from = if id == cursor.segment {
+                cursor.offset
+            } else {
+                0
+            };
+            let scan = scan(&bytes, from as usize);
+            damage.corrupt_records += scan.corrupt;
+            damage.torn_tails += u64::from(scan.torn);
+            pending += scan.records;
+            total_bytes += bytes.len() as u64;
+            segments.push(Segment {
+                id,
+                len: bytes.len() as u64,
+            });
+        }
+        let cursor = match segments.first() {
+            Some(s) if s.id == cursor.segment => cursor,
+            Some(s) => Position {
+                segment: s.id,
+                offset: 0,
+            },
+            None => cursor,
+        };
+        // Always write into a fresh segment: an old tail may be torn.
+        let next = segments
+            .last()
+            .map_or(cursor.segment.max(1), |s| s.id + 1)
+            .max(cursor.segment);
+        let file = create_segment(dir, next)?;
+        segments.push(Segment { id: next, len: 0 });
+        let cursor = if segments.len() == 1 {
+            Position {
+                segment: next,
+                offset: 0,
+            }
+        } else {
+            cursor
+        };
+        let spool = Spool {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            index: Mutex::new(Index {
+                segments,
+                cursor,
+                total_bytes,
+                pending,
+            }),
+            active: Mutex::new(Active {
+                file,
+                id: next,
+                dirty: false,
+                synced: Instant::now(),
+            }),
+            _lock: lock,
+        };
+        Ok((Arc::new(spool), damage))
+    }
+
+    fn index(&self) -> MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends events (each one JSON payload). What does not fit under the size cap is
+    /// dropped and reported. One write per call, so a reader never sees half a record.
+    pub fn append(&self, payloads: &[Vec<u8>]) -> Result<Appended, String> {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let room = {
+            let idx = self.index();
+            self.max_bytes.saturating_sub(idx.total_bytes)
+        };
+        let mut buf = Vec::new();
+        let mut out = Appended::default();
+        for p in payloads {
+            if p.is_empty() || p.len() > MAX_RECORD {
+                out.dropped += 1;
+                continue;
+            }
+            if (buf.len() + HEADER + p.len()) as u64 > room {
+                out.dropped += 1;
+                continue;
+            }
+            buf.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&crc32fast::hash(p).to_le_bytes());
+            buf.extend_from_slice(p);
+            out.written += 1;
+        }
+        if buf.is_empty() {
+            return Ok(out);
+        }
+        let path = segment_path(&self.dir, active.id);
+        active
+            .file
+            .write_all(&buf)
+            .map_err(|e| io("write", &path, e))?;
+        active.dirty = true;
+        let rotate = {
+            let mut idx = self.index();
+            idx.total_bytes += buf.len() as u64;
+            idx.pending += out.written;
+            let seg = idx.segments.last_mut();
+            match seg {
+                Some(s) => {
+                    s.len += buf.len() as u64;
+                    s.len >= SEGMENT_BYTES
+                }
+                None => false,
+            }
+        };
+        if rotate {
+            self.rotate(&mut active)?;
+        }
+        Ok(out)
+    }
+
+    fn rotate(&self, active: &mut Active) -> Result<(), String> {
+        sync(&active.file, &segment_path(&self.dir, active.id))?;
+        let next = active.id + 1;
+        active.file = create_segment(&self.dir, next)?;
+        active.id = next;
+        active.dirty = false;
+        active.synced = Instant::now();
+        self.index().segments.push(Segment { id: next, len: 0 });
+        Ok(())
+    }
+
+    /// Flushes written records to stable storage if any were written since the last sync.
+    pub fn sync(&self) -> Result<(), String> {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if active.dirty {
+            sync(&active.file, &segment_path(&self.dir, active.id))?;
+            active.dirty = false;
+        }
+        active.synced = Instant::now();
+        Ok(())
+    }
+
+    /// Time since the last sync, for the writer's once-a-second rule.
+    pub fn since_sync(&self) -> std::time::Duration {
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .synced
+            .elapsed()
+    }
+
+    /// Reads up to `max_events` records from the cursor, without moving it. Damaged
+    /// records are skipped (and reported); the batch's `end` is where the next read starts.
+    pub fn read(&self, max_events: usize) -> Result<(Batch, Damage), String> {
+        let (mut pos, plan): (Position, Vec<(u64, u64)>) = {
+            let idx = self.index();
+            let plan = idx
+                .segments
+                .iter()
+                .filter(|s| s.id >= idx.cursor.segment)
+                .map(|s| (s.id, s.len))
+                .collect();
+            (idx.cursor, plan)
+        };
+        let mut batch = Batch::default();
+        let mut damage = Damage::default();
+        let last = plan.len().saturating_sub(1);
+        for (i, &(id, len)) in plan.iter().enumerate() {
+            if id != pos.segment {
+                pos = Position {
+                    segment: id,
+                    offset: 0,
+                };
+            }
+            if pos.offset < len {
+                let path = segment_path(&self.dir, id);
+                let mut file = File::open(&path).map_err(|e| io("open", &path, e))?;
+                file.seek(SeekFrom::Start(pos.offset))
+                    .map_err(|e| io("seek", &path, e))?;
+                let mut bytes = Vec::new();
+                file.take(len - pos.offset)
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| io("read", &path, e))?;
+                let mut at = 0;
+                while batch.events < max_events {
+                    match record(&bytes, at) {
+                        Record::Ok { payload, next } => {
+                            batch.ndjson.extend_from_slice(payload);
+                            batch.ndjson.push(b'\n');
+                            batch.events += 1;
+                            at = next;
+                        }
+                        Record::Corrupt { next } => {
+                            damage.corrupt_records += 1;
+                            at = next;
+                        }
+                        Record::Torn => {
+                            damage.torn_tails += 1;
+                            at = bytes.len();
+                        }
+                        Record::End => break,
+                    }
+                }
+                pos.offset += at as u64;
+            }
+            if batch.events >= max_events || i == last {
+                break;
+            }
+        }
+        batch.end = pos;
+        Ok((batch, damage))
+    }
+
+    /// The collector acknowledged everything before `end` (holding `events` records):
+    /// segments wholly behind it are deleted and the cursor is saved.
+    pub fn ack(&self, end: Position, events: u64) {
+        // Lock order as in `append`: the active segment, then the index.
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let caught_up = {
+            let idx = self.index();
+            idx.segments
+                .last()
+                .is_some_and(|s| s.id == end.segment && end.offset >= s.len && s.len > 0)
+        };
+        if caught_up {
+            // Everything written was acknowledged: start a new segment so that the old one
+            // can go, and the size cap counts only what still waits for the collector.
+            if let Err(e) = self.rotate(&mut active) {
+                tracing::warn!("{e}");
+            }
+        }
+        drop(active);
+        let doomed: Vec<u64> = {
+            let mut idx = self.index();
+            idx.cursor = end;
+            idx.pending = idx.pending.saturating_sub(events);
+            let active = idx.segments.last().map_or(0, |s| s.id);
+            let mut doomed = Vec::new();
+            let mut freed = 0;
+            idx.segments.retain(|s| {
+                let behind = s.id < end.segment || (s.id == end.segment && end.offset >= s.len);
+                if behind && s.id != active {
+                    doomed.push(s.id);
+                    freed += s.len;
+                    false
+                } else {
+                    true
+                }
+            });
+            idx.total_bytes -= freed;
+            if let Some(first) = idx.segments.first() {
+                if first.id > idx.cursor.segment {
+                    idx.cursor = Position {
+                        segment: first.id,
+                        offset: 0,
+                    };
+                }
+            }
+            doomed
+        };
+        let cursor = self.index().cursor;
+        // The cursor first: a crash between the two leaves files that recovery deletes.
+        if let Err(e) = write_cursor(&self.dir, cursor) {
+            tracing::warn!("{e}; acknowledged events may be sent again after a restart");
+        }
+        for id in doomed {
+            let path = segment_path(&self.dir, id);
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!("{}", io("delete", &path, e));
+            }
+        }
+    }
+
+    /// Bytes on disk in segments not yet wholly acknowledged.
+    pub fn bytes(&self) -> u64 {
+        self.index().total_bytes
+    }
+
+    /// Records written and not yet acknowledged.
+    pub fn pending(&self) -> u64 {
+        self.index().pending
+    }
+}
+
+fn create_segment(dir: &Path, id: u64) -> Result<File, String> {
+    let path = segment_path(dir, id);
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| io("create", &path, e))?;
+    // The new name must survive a crash as well as the data.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(file)
+}
+
+fn sync(file: &File, path: &Path) -> Result<(), String> {
+    file.sync_data().map_err(|e| io("sync", path, e))
+}
+
+fn read_cursor(dir: &Path) -> Position {
+    let Ok(text) = fs::read_to_string(dir.join("cursor")) else {
+        return Position::default();
+    };
+    let mut it = text.split_whitespace().map(str::parse::<u64>);
+    match (it.next(), it.next()) {
+        (Some(Ok(segment)), Some(Ok(offset))) => Position { segment, offset },
+        _ => Position::default(),
+    }
+}
+
+fn write_cursor(dir: &Path, p: Position) -> Result<(), String> {
+    let tmp = dir.join("cursor.tmp");
+    fs::write(&tmp, format!("{} {}\n", p.segment, p.offset)).map_err(|e| io("write", &tmp, e))?;
+    fs::rename(&tmp, dir.join("cursor")).map_err(|e| io("rename", &tmp, e))
+}
+
+enum Record<'a> {
+    Ok { payload: &'a [u8], next: usize },
+    Corrupt { next: usize },
+    Torn,
+    End,
+}
+
+fn record(bytes: &[u8], at: usize) -> Record<'_> {
+    let rest = &bytes[at.min(bytes.len())..];
+    if rest.is_empty() {
+        return Record::End;
+    }
+    if rest.len() < HEADER {
+        return Record::Torn;
+    }
+    let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+    if len == 0 || len > MAX_RECORD || rest.len() < HEADER + len {
+        return Record::Torn;
+    }
+    let payload = &rest[HEADER..HEADER + len];
+    let next = at + HEADER + len;
+    if crc32fast::hash(payload) != crc {
+        return Record::Corrupt { next };
+    }
+    Record::Ok { payload, next }
+}
+
+struct Scan {
+    records: u64,
+    corrupt: u64,
+    torn: bool,
+}
+
+fn scan(bytes: &[u8], from: usize) -> Scan {
+    let mut s = Scan {
+        records: 0,
+        corrupt: 0,
+        torn: false,
+    };
+    let mut at = from;
+    loop {
+        match record(bytes, at) {
+            Record::Ok { next, .. } => {
+                s.records += 1;
+                at = next;
+            }
+            Record::Corrupt { next } => {
+                s.corrupt += 1;
+                at = next;
+            }
+            Record::Torn => {
+                s.torn = true;
+                return s;
+            }
+            Record::End => return s,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(n: usize, from: usize) -> Vec<Vec<u8>> {
+        (from..from + n)
+            .map(|i| format!("{{\"n\":{i}}}").into_bytes())
+            .collect()
+    }
+
+    fn lines(b: &Batch) -> Vec<String> {
+        String::from_utf8(b.ndjson.clone())
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn append_read_ack_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, damage) = Spool::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(damage, Damage::default());
+        spool.append(&events(5, 0)).unwrap();
+        let (b, _) = spool.read(3).unwrap();
+        assert_eq!(lines(&b), ["{\"n\":0}", "{\"n\":1}", "{\"n\":2}"]);
+        // Unacknowledged: the same records come again.
+        let (again, _) = spool.read(3).unwrap();
+        assert_eq!(again.end, b.end);
+        spool.ack(b.end, 3);
+        let (b, _) = spool.read(10).unwrap();
+        assert_eq!(lines(&b), ["{\"n\":3}", "{\"n\":4}"]);
+        spool.ack(b.end, 2);
+        assert_eq!(spool.pending(), 0);
+        let (b, _) = spool.read(10).unwrap();
+        assert_eq!(b.events, 0);
+    }
+
+    #[test]
+    fn survives_reopen_and_resumes_at_the_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (spool, _) = Spool::open(dir.path(), 1 << 30).unwrap();
+            spool.append(&events(4, 0)).unwrap();
+            let (b, _) = spool.read(1).unwrap();
+            spool.ack(b.end, 1);
+        }
+        let (spool, damage) = Spool::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(damage, Damage::default());
+        assert_eq!(spool.pending(), 3);
+        spool.append(&events(1, 4)).unwrap();
+        let (b, _) = spool.read(10).unwrap();
+        assert_eq!(
+            lines(&b),
+            ["{\"n\":1}", "{\"n\":2}", "{\"n\":3}", "{\"n\":4}"]
+        );
+    }
+
+    #[test]
+    fn a_second_process_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_spool, _) = Spool::open(dir.path(), 1 << 30).unwrap();
+        let err = Spool::open(dir.path(), 1 << 30).err().unwrap();
+        assert!(err.contains("in use"), "{err}");
+    }
+
+    #[test]
+    fn torn_and_corrupt_records_are_counted_and_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (spool, _) = Spool::open(dir.path(), 1 << 30).unwrap();
+            spool.append(&events(3, 0)).unwrap();
+        }
+        let seg = segment_path(dir.path(), 1);
+        let mut bytes = fs::read(&seg).unwrap();
+        // Flip a payload byte of the second record, and leave half a record at the end.
+        let second = HEADER + 7 + HEADER;
+        bytes[second] ^= 0xff;
+        bytes.extend_from_slice(&[40, 0, 0, 0, 1, 2]);
+        fs::write(&seg, &bytes).unwrap();
+        let (spool, damage) = Spool::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(
+            damage,
+            Damage {
+                corrupt_records: 1,
+                torn_tails: 1
+            }
+        );
+        let (b, read_damage) = spool.read(10).unwrap();
+        assert_eq!(lines(&b), ["{\"n\":0}", "{\"n\":2}"]);
+        assert_eq!(read_damage.corrupt_records, 1);
+        spool.ack(b.end, 2);
+        // The damaged segment was behind the cursor: gone.
+        assert!(!seg.exists());
+    }
+
+    #[test]
+    fn a_full_spool_drops_exactly_what_does_not_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        // Each record: 8 header + 7 payload bytes = 15. Room for 4.
+        let (spool, _) = Spool::open(dir.path(), 60).unwrap();
+        let out = spool.append(&events(6, 0)).unwrap();
+        assert_eq!(
+            out,
+            Appended {
+                written: 4,
+                dropped: 2
+            }
+        );
+        let out = spool.append(&events(1, 6)).unwrap();
+        assert_eq!(out.dropped, 1);
+        let (b, _) = spool.read(10).unwrap();
+        assert_eq!(b.events, 4);
+        spool.ack(b.end, b.events as u64);
+        // Acknowledged, the room is free again.
+        assert_eq!(spool.bytes(), 0);
+        assert_eq!(spool.append(&events(4, 0)).unwrap().written, 4);
+    }
+
+    #[test]
+    fn segments_rotate_and_are_deleted_once_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path(), 1 << 30).unwrap();
+        let big = vec![b'x'; 600_000];
+        for _ in 0..30 {
+            spool.append(std::slice::from_ref(&big)).unwrap();
+        }
+        let count = || {
+            fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_str()
+                        .unwrap()
+                        .starts_with("seg-")
+                })
+                .count()
+        };
+        assert!(count() >= 3);
+        loop {
+            let (b, _) = spool.read(7).unwrap();
+            if b.events == 0 {
+                break;
+            }
+            spool.ack(b.end, b.events as u64);
+        }
+        assert_eq!(count(), 1, "only the active segment is left");
+        assert_eq!(spool.pending(), 0);
+    }
+}
