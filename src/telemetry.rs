@@ -286,34 +286,7 @@ impl Metrics {
                 "switchyard_config_generation",
                 "Generation of the running policy (1 = as started)",
             ),
-            events: EventMetrics {
-                queued: gauge(
-                    &registry,
-                    "switchyard_events_queued",
-                    "Usage events recorded and not yet acknowledged by the collector",
-                ),
-                spooled_bytes: gauge(
-                    &registry,
-                    "switchyard_events_spooled_bytes",
-                    "Bytes of usage events on disk in the spool, awaiting acknowledgement",
-                ),
-                sent: plain_counter(
-                    &registry,
-                    "switchyard_events_sent_total",
-                    "Usage events the collector acknowledged",
-                ),
-                retried: plain_counter(
-                    &registry,
-                    "switchyard_events_retried_total",
-                    "Usage events in batches that failed to deliver and were sent again",
-                ),
-                dropped: counter(
-                    &registry,
-                    "switchyard_events_dropped_total",
-                    "Usage events lost, by reason (spool_full, queue_full, write_error, rejected, corrupt; torn_tail counts cut segment ends)",
-                    &["reason"],
-                ),
-            },
+            events: EventMetrics::new(&registry),
             registry,
         }
     }
@@ -359,6 +332,51 @@ impl Metrics {
             tracing::error!("encoding metrics failed: {e}");
         }
         buf
+    }
+}
+
+impl EventMetrics {
+    fn new(registry: &Registry) -> Self {
+        let m = EventMetrics {
+                queued: gauge(
+                    registry,
+                    "switchyard_events_queued",
+                    "Usage events recorded and not yet acknowledged by the collector",
+                ),
+                spooled_bytes: gauge(
+                    registry,
+                    "switchyard_events_spooled_bytes",
+                    "Bytes of usage events on disk in the spool, awaiting acknowledgement",
+                ),
+                sent: plain_counter(
+                    registry,
+                    "switchyard_events_sent_total",
+                    "Usage events the collector acknowledged",
+                ),
+                retried: plain_counter(
+                    registry,
+                    "switchyard_events_retried_total",
+                    "Usage events in batches that failed to deliver and were sent again",
+                ),
+                dropped: counter(
+                    registry,
+                    "switchyard_events_dropped_total",
+                    "Usage events lost, by reason (spool_full, queue_full, write_error, rejected, corrupt; torn_tail counts cut segment ends)",
+                    &["reason"],
+                ),
+            };
+        // Every reason exists from the start, at 0, so an alert can watch its rate.
+        for reason in [
+            "spool_full",
+            "queue_full",
+            "write_error",
+            "rejected",
+            "corrupt",
+            "torn_tail",
+        ] {
+            m.dropped.with_label_values(&[reason]);
+        }
+        m
     }
 }
 

@@ -104,38 +104,46 @@ impl<'de> Deserialize<'de> for Usd {
     }
 }
 
-/// Parses a non-negative decimal (`12`, `0.000150`) into atto-dollars, exactly; more than
-/// 18 decimals is refused rather than rounded.
+/// Parses a non-negative decimal (`12`, `0.000150`, or JSON's exponent form `1.5e-6`) into
+/// atto-dollars, exactly; a value finer than 10⁻¹⁸ is refused rather than rounded.
 pub fn parse_usd(text: &str) -> Result<Atto, String> {
-    const SCALE: u32 = 18;
-    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(whole)
-        || (!frac.is_empty() && !digits(frac))
-        || (text.contains('.') && frac.is_empty())
-    {
-        return Err(format!(
+    const SCALE: i64 = 18;
+    let bad = || {
+        format!(
             "cost_usd {:?} is not a plain decimal",
             crate::error::clip(text)
-        ));
-    }
-    if frac.len() > SCALE as usize || whole.len() > 20 {
-        return Err("cost_usd has more digits than atto-dollar precision holds".into());
-    }
-    let whole: Atto = whole
-        .parse()
-        .map_err(|_| "cost_usd is out of range".to_string())?;
-    let mut f: Atto = if frac.is_empty() {
-        0
-    } else {
-        frac.parse()
-            .map_err(|_| "cost_usd is out of range".to_string())?
+        )
     };
-    f *= 10u128.pow(SCALE - frac.len() as u32);
-    whole
-        .checked_mul(10u128.pow(SCALE))
-        .and_then(|w| w.checked_add(f))
-        .ok_or_else(|| "cost_usd is out of range".to_string())
+    let (mantissa, exp) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<i64>().map_err(|_| bad())?),
+        None => (text, 0),
+    };
+    let (whole, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || (mantissa.contains('.') && !digits(frac)) || !(-40..=40).contains(&exp) {
+        return Err(bad());
+    }
+    // All the digits as one integer, and the power of ten that scales it to atto-dollars.
+    let all = format!("{whole}{frac}");
+    let all = all.trim_start_matches('0');
+    let shift = SCALE + exp - frac.len() as i64;
+    let range = || "cost_usd is out of range".to_string();
+    if all.is_empty() {
+        return Ok(0);
+    }
+    let n: Atto = all.parse().map_err(|_| range())?;
+    if shift >= 0 {
+        10u128
+            .checked_pow(shift as u32)
+            .and_then(|p| n.checked_mul(p))
+            .ok_or_else(range)
+    } else {
+        let p = 10u128.checked_pow((-shift) as u32).ok_or_else(range)?;
+        if n % p != 0 {
+            return Err("cost_usd has more digits than atto-dollar precision holds".into());
+        }
+        Ok(n / p)
+    }
 }
 
 impl UsageEvent {
@@ -208,12 +216,20 @@ mod tests {
         assert_eq!(parse_usd("0").unwrap(), 0);
         assert_eq!(parse_usd("1.5").unwrap(), 1_500_000_000_000_000_000);
         assert_eq!(parse_usd("0.000000000000000001").unwrap(), 1);
+        assert_eq!(parse_usd("6e-06").unwrap(), 6_000_000_000_000);
+        assert_eq!(parse_usd("1.5E2").unwrap(), 150 * 1_000_000_000_000_000_000);
+        assert_eq!(
+            parse_usd("0.10000000000000000000").unwrap(),
+            100_000_000_000_000_000
+        );
         for bad in [
             "",
             ".",
             "1.",
             "-1",
-            "1e-6",
+            "1e-19",
+            "1e",
+            "e5",
             "0.0000000000000000001",
             "abc",
             "1.2.3",

@@ -281,3 +281,197 @@ pub fn chat_body(model: &str, stream: bool) -> serde_json::Value {
         "messages": [{"role": "user", "content": "Say hello."}],
     })
 }
+
+impl Sidecar {
+    /// Starts the proxy again on the same config and ports (after a kill).
+    pub fn restart(&mut self) {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+        self.proc = spawn(
+            &["proxy", "--config", self.config.to_str().unwrap()],
+            self.config
+                .with_file_name(format!("proxy-{}-again.log", self.port)),
+            &[],
+        );
+        self.wait_ready();
+    }
+}
+
+pub const INGEST_TOKEN: &str = "test-ingest-token";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const RESEARCH_TOKEN: &str = "test-research-reader";
+
+/// The `telemetry:` block of a sidecar shipping to a collector on `port`.
+pub fn telemetry_yaml(collector_port: u16, spool: &Path, extra: &str) -> String {
+    format!(
+        "telemetry:\n  collector: \"http://127.0.0.1:{collector_port}\"\n  token: \"{INGEST_TOKEN}\"\n  spool_dir: \"{}\"\n  batch: {{ max_events: 50, max_wait: 100ms }}\n{extra}",
+        spool.display()
+    )
+}
+
+/// A PostgreSQL database of its own for one test, dropped at the end.
+pub struct PgDb {
+    pub name: String,
+}
+
+impl PgDb {
+    pub fn create() -> PgDb {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("switchyard_test_{}_{n}", std::process::id());
+        psql(&format!("DROP DATABASE IF EXISTS {name}"));
+        psql(&format!("CREATE DATABASE {name}"));
+        PgDb { name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc"])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .output();
+    }
+}
+
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-qc",
+            sql,
+        ])
+        .output()
+        .expect("psql (PostgreSQL must run on 127.0.0.1:5432; .ci/run starts it)");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub struct Collector {
+    pub port: u16,
+    pub config: PathBuf,
+    pub proc: Proc,
+}
+
+impl Collector {
+    /// A collector on a new port with the test tokens; `database` as in its config.
+    pub fn start(dir: &Path, database: &str) -> Collector {
+        Collector::start_on(dir, database, free_port())
+    }
+
+    pub fn start_on(dir: &Path, database: &str, port: u16) -> Collector {
+        let config = dir.join(format!("collector-{port}.yaml"));
+        let hash = switchyard::collector::auth::hash_line;
+        let text = format!(
+            "listen: 127.0.0.1:{port}\ndatabase: \"{database}\"\npolicy: policy.yaml\ntokens:\n  ingest: [\"{}\"]\n  readers:\n    - {{ hash: \"{}\", role: admin }}\n    - {{ hash: \"{}\", role: team, team: research }}\n",
+            hash(INGEST_TOKEN),
+            hash(ADMIN_TOKEN),
+            hash(RESEARCH_TOKEN),
+        );
+        std::fs::write(&config, text).unwrap();
+        let proc = spawn(
+            &["collector", "--config", config.to_str().unwrap()],
+            dir.join(format!(
+                "collector-{port}-{}.log",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            )),
+            &[],
+        );
+        let c = Collector { port, config, proc };
+        c.wait_ready();
+        c
+    }
+
+    /// Starts again on the same config and port (after a kill).
+    pub fn restart(&mut self) {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+        let dir = self.config.parent().unwrap().to_path_buf();
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let db = text
+            .lines()
+            .find_map(|l| l.strip_prefix("database: "))
+            .unwrap()
+            .trim_matches('"')
+            .to_string();
+        *self = Collector::start_on(&dir, &db, self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn wait_ready(&self) {
+        let start = Instant::now();
+        let url = format!("{}/readyz", self.url());
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(200) = reqwest::blocking_get(&url) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("collector never became ready:\n{}", self.proc.log_text());
+    }
+
+    pub async fn get(&self, token: &str, path_and_query: &str) -> (u16, String) {
+        let r = reqwest::Client::new()
+            .get(format!("{}{path_and_query}", self.url()))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap())
+    }
+
+    /// `/v1/usage` as JSON (admin token unless given).
+    pub async fn usage(&self, token: &str, query: &str) -> serde_json::Value {
+        let (status, body) = self.get(token, &format!("/v1/usage?{query}")).await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Requests stored in all, from the roll-ups.
+    pub async fn requests(&self) -> i64 {
+        let v = self.usage(ADMIN_TOKEN, "from=30d").await;
+        v["rows"][0]["requests"].as_i64().unwrap_or(0)
+    }
+
+    /// Waits until exactly `n` requests are stored, then checks that no more arrive.
+    pub async fn wait_requests(&self, n: i64, what: &str) {
+        let start = Instant::now();
+        loop {
+            let got = self.requests().await;
+            if got == n {
+                break;
+            }
+            assert!(got < n, "{what}: {got} stored, more than the {n} sent");
+            assert!(
+                start.elapsed() < Duration::from_secs(40),
+                "{what}: {got} of {n} stored after 40 s\n{}",
+                self.proc.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(self.requests().await, n, "{what}: more arrived later");
+    }
+}
