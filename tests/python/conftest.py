@@ -124,3 +124,92 @@ def stack():
             yield s
         finally:
             s.stop()
+
+
+INGEST_TOKEN = "py-ingest-token"
+ADMIN_TOKEN = "py-admin-token"
+RESEARCH_TOKEN = "py-research-token"
+
+
+def sha256_line(token: str) -> str:
+    import hashlib
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+class CollectorStack(Stack):
+    """Mock upstream, a collector on SQLite, and a sidecar shipping usage events to it."""
+
+    def start(self):
+        self.spawn("mock", "mock-upstream", "--port", str(self.mock_port), "--record",
+                   "--chunks", "6")
+        wait_http(f"http://127.0.0.1:{self.mock_port}/mock/config")
+        self.collector_port = free_port()
+        ccfg = self.tmp / "collector.yaml"
+        ccfg.write_text(f"""
+listen: 127.0.0.1:{self.collector_port}
+database: "sqlite://{self.tmp / 'usage.db'}"
+policy: policy.yaml
+tokens:
+  ingest: ["{sha256_line(INGEST_TOKEN)}"]
+  readers:
+    - {{ hash: "{sha256_line(ADMIN_TOKEN)}", role: admin }}
+    - {{ hash: "{sha256_line(RESEARCH_TOKEN)}", role: team, team: research }}
+""")
+        self.spawn("collector", "collector", "--config", str(ccfg))
+        wait_http(f"http://127.0.0.1:{self.collector_port}/readyz")
+        cfg = self.tmp / "policy.yaml"
+        cfg.write_text(f"""
+listen: {{ proxy: "127.0.0.1:{self.proxy_port}", admin: "127.0.0.1:{self.admin_port}" }}
+identity: {{ team: research, service: notebook }}
+providers:
+  openai:
+    format: openai
+    base_url: "http://127.0.0.1:{self.mock_port}/v1"
+    api_key: sk-injected-by-switchyard
+models:
+  gpt-4o-mini: {{ provider: openai, price: {{ input: 0.15, output: 0.60 }} }}
+  gpt-4o: {{ provider: openai, price: {{ input: 2.50, output: 10.00 }} }}
+  text-embedding-3-small: {{ provider: openai, price: {{ input: 0.02, output: 0 }} }}
+teams:
+  research: {{ budget: {{ usd: 50, per: month }} }}
+telemetry:
+  collector: "http://127.0.0.1:{self.collector_port}"
+  token: "{INGEST_TOKEN}"
+  spool_dir: "{self.tmp / 'spool'}"
+  batch: {{ max_events: 100, max_wait: 100ms }}
+""")
+        self.spawn("proxy", "proxy", "--config", str(cfg))
+        wait_http(f"http://127.0.0.1:{self.admin_port}/readyz")
+        return self
+
+    @property
+    def collector_url(self):
+        return f"http://127.0.0.1:{self.collector_port}"
+
+    def collector_get(self, path, token=ADMIN_TOKEN):
+        req = urllib.request.Request(self.collector_url + path,
+                                     headers={"authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req) as r:
+            return r.read().decode()
+
+    def wait_requests(self, n, timeout=20.0):
+        deadline = time.time() + timeout
+        got = 0
+        while time.time() < deadline:
+            rows = json.loads(self.collector_get("/v1/usage?from=1d"))["rows"]
+            got = rows[0]["requests"] if rows else 0
+            if got >= n:
+                assert got == n, f"{got} stored, {n} sent"
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{got} of {n} events stored")
+
+
+@pytest.fixture
+def collector_stack():
+    with tempfile.TemporaryDirectory() as d:
+        s = CollectorStack(Path(d)).start()
+        try:
+            yield s
+        finally:
+            s.stop()
