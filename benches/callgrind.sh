@@ -4,6 +4,7 @@
 # hot path before confirming with `cargo bench --bench load`.
 #
 #   benches/callgrind.sh [chat|stream|big] [binary]
+#   SHIPPING=1 benches/callgrind.sh chat [binary]   # with usage events shipped to a collector
 #
 # Starts the mock upstream and the proxy (under valgrind) on loopback ports 9190-9192,
 # warms up, zeroes the counters, drives the workload with wrk for 8 s at 8 connections,
@@ -33,6 +34,24 @@ models:
 routes:
   - { name: bench, match: { model: "bench-*" }, strategy: priority, targets: [bench-model] }
 EOF
+if [ -n "${SHIPPING:-}" ]; then
+  # Usage events on: spooled to disk and shipped to a collector on SQLite (not under
+  # valgrind: only the sidecar's instructions are counted, its spool and shipper included).
+  hash=$(printf %s bench-ingest | sha256sum | cut -d' ' -f1)
+  cat > "$OUT/collector.yaml" <<EOF
+listen: 127.0.0.1:9193
+database: "sqlite://$OUT/usage.db"
+tokens: { ingest: ["sha256:$hash"] }
+EOF
+  cat >> "$OUT/policy.yaml" <<EOF
+telemetry:
+  collector: "http://127.0.0.1:9193"
+  token: bench-ingest
+  spool_dir: "$OUT/spool"
+EOF
+  "$bin" collector --config "$OUT/collector.yaml" >"$OUT/collector.log" 2>&1 &
+  collector=$!
+fi
 python3 - "$workload" "$OUT/request.lua" <<'EOF'
 import json, sys
 workload, path = sys.argv[1], sys.argv[2]
@@ -51,7 +70,7 @@ mock=$!
 valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.%p" \
   "$bin" proxy --config "$OUT/policy.yaml" >"$OUT/proxy.log" 2>&1 &
 proxy=$!
-trap 'kill $proxy $mock 2>/dev/null || true' EXIT
+trap 'kill $proxy $mock ${collector:-} 2>/dev/null || true' EXIT
 for _ in $(seq 120); do
   curl -sf -o /dev/null http://127.0.0.1:9192/readyz && break
   sleep 0.5

@@ -251,6 +251,23 @@ impl Policy {
             "listen: proxy {} admin {}",
             self.listen.proxy, self.listen.admin
         );
+        match &self.telemetry {
+            Some(t) => {
+                let _ = writeln!(
+                    s,
+                    "usage events: to {} (token {}), spool {} up to {} bytes, batches of {} or every {:?}",
+                    t.collector,
+                    if t.token.is_some() { "set" } else { "none" },
+                    t.spool_dir.display(),
+                    t.spool_max_bytes,
+                    t.max_events,
+                    t.max_wait
+                );
+            }
+            None => {
+                let _ = writeln!(s, "usage events: off (no telemetry.collector)");
+            }
+        }
         let _ = writeln!(s, "providers:");
         for p in &self.providers {
             let scheme = if p.tls { "https" } else { "http" };

@@ -60,13 +60,25 @@ pub fn pico_per_mtok(usd: f64) -> Option<u64> {
 
 /// An exact decimal USD string (`0.00000006`) of an atto-dollar amount.
 pub fn usd_decimal(atto: Atto) -> String {
+    // Every usage event prints one: digits by hand, no formatting machinery.
     let whole = atto / ATTO_PER_USD;
-    let frac = atto % ATTO_PER_USD;
-    if frac == 0 {
-        return whole.to_string();
+    let frac = (atto % ATTO_PER_USD) as u64;
+    let mut out = match u64::try_from(whole) {
+        Ok(w) => itoa::Buffer::new().format(w).to_string(),
+        Err(_) => whole.to_string(),
+    };
+    if frac != 0 {
+        let mut digits = [b'0'; 18];
+        let mut f = frac;
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (f % 10) as u8;
+            f /= 10;
+        }
+        let end = digits.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1);
+        out.push('.');
+        out.push_str(std::str::from_utf8(&digits[..end]).unwrap_or_default());
     }
-    let digits = format!("{frac:018}");
-    format!("{whole}.{}", digits.trim_end_matches('0'))
+    out
 }
 
 /// An atto-dollar amount as float USD, for Prometheus counters (which are floats anyway).

@@ -731,10 +731,11 @@ fn check_prints_the_table_or_names_the_field() {
         "{err}"
     );
 
-    // The shipped example validates.
+    // The shipped examples (policy and collector) validate.
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/example.yaml");
+    let collector = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/collector.yaml");
     let out = std::process::Command::new(BIN)
-        .args(["check", "--config", example])
+        .args(["check", "--config", example, "--collector", collector])
         .output()
         .unwrap();
     assert!(

@@ -15,6 +15,7 @@ pub struct UsageEvent {
     /// UUIDv7: time-ordered, and the idempotency key of delivery.
     pub id: uuid::Uuid,
     /// When the request ended (UTC, millisecond precision).
+    #[serde(serialize_with = "ts_millis")]
     pub ts: chrono::DateTime<chrono::Utc>,
     #[serde(default)]
     pub namespace: Arc<str>,
@@ -85,6 +86,31 @@ pub struct Decision {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
 pub struct Usd(pub Atto);
 
+/// RFC 3339 in UTC with milliseconds (`2026-11-23T09:34:15.371Z`), written digit by digit:
+/// chrono's general formatter costs more than the rest of the event together.
+fn ts_millis<S: Serializer>(ts: &chrono::DateTime<chrono::Utc>, s: S) -> Result<S::Ok, S::Error> {
+    use chrono::{Datelike, Timelike};
+    let year = ts.year();
+    if !(0..=9999).contains(&year) {
+        return s.serialize_str(&ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    }
+    let mut b = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: u32| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, year as u32);
+    put(5, 2, ts.month());
+    put(8, 2, ts.day());
+    put(11, 2, ts.hour());
+    put(14, 2, ts.minute());
+    put(17, 2, ts.second());
+    put(20, 3, ts.timestamp_subsec_millis().min(999));
+    s.serialize_str(std::str::from_utf8(&b).unwrap_or_default())
+}
+
 impl Serialize for Usd {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let text = crate::price::usd_decimal(self.0);
@@ -139,7 +165,7 @@ pub fn parse_usd(text: &str) -> Result<Atto, String> {
             .ok_or_else(range)
     } else {
         let p = 10u128.checked_pow((-shift) as u32).ok_or_else(range)?;
-        if n % p != 0 {
+        if !n.is_multiple_of(p) {
             return Err("cost_usd has more digits than atto-dollar precision holds".into());
         }
         Ok(n / p)
@@ -163,7 +189,7 @@ mod tests {
         UsageEvent {
             v: VERSION,
             id: uuid::Uuid::now_v7(),
-            ts: chrono::Utc::now(),
+            ts: chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 3),
             namespace: "ml".into(),
             pod: "app-1".into(),
             service: "chatbot".into(),
@@ -198,6 +224,21 @@ mod tests {
                 reason: None,
             },
         }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_millis() {
+        use chrono::TimeZone;
+        let mut e = sample();
+        e.ts = chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()
+            + chrono::Duration::milliseconds(67);
+        let text = String::from_utf8(e.to_json()).unwrap();
+        assert!(
+            text.contains("\"ts\":\"2026-01-02T03:04:05.067Z\""),
+            "{text}"
+        );
+        let back: UsageEvent = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.ts, e.ts);
     }
 
     #[test]

@@ -6,7 +6,6 @@
 use super::spool::{Batch, Damage, Spool};
 use super::Settings;
 use crate::telemetry::EventMetrics;
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -90,6 +89,7 @@ pub fn start(
         current,
         metrics,
         handle: handle.clone(),
+        gzip: Gzip::new(),
     };
     std::thread::Builder::new()
         .name("events-ship".into())
@@ -115,12 +115,68 @@ struct Shipper {
     current: Arc<dyn Fn() -> Option<Settings> + Send + Sync>,
     metrics: EventMetrics,
     handle: Handle,
+    gzip: Gzip,
+}
+
+/// Gzip with one deflate state for the shipper's life: a new one per batch would cost more
+/// than compressing the batch (zlib-ng allocates and clears its tables on init).
+struct Gzip(flate2::Compress);
+
+impl Gzip {
+    fn new() -> Gzip {
+        Gzip(flate2::Compress::new(flate2::Compression::fast(), false))
+    }
+
+    /// RFC 1952: a fixed header, the raw deflate stream, CRC-32 and length.
+    fn compress(&mut self, data: &[u8]) -> Vec<u8> {
+        const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+        self.0.reset();
+        let mut out = Vec::with_capacity(data.len() / 3 + 64);
+        out.extend_from_slice(&HEADER);
+        let start = self.0.total_in();
+        loop {
+            let consumed = (self.0.total_in() - start) as usize;
+            if out.capacity() - out.len() < 4096 {
+                out.reserve(data.len() / 4 + 4096);
+            }
+            match self
+                .0
+                .compress_vec(&data[consumed..], &mut out, flate2::FlushCompress::Finish)
+            {
+                Ok(flate2::Status::StreamEnd) => break,
+                Ok(_) => continue,
+                // Deflate of an in-memory buffer does not fail; should it, send plainly.
+                Err(_) => return Vec::new(),
+            }
+        }
+        out.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out
+    }
 }
 
 enum SendError {
     /// The batch is larger than the collector takes: send it in halves.
     TooLarge,
     Failed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    #[test]
+    fn gzip_is_standard_and_reusable() {
+        let mut gz = super::Gzip::new();
+        for text in ["", "{\"a\":1}\n", &"x".repeat(300_000)] {
+            let packed = gz.compress(text.as_bytes());
+            let mut back = String::new();
+            flate2::read::GzDecoder::new(&packed[..])
+                .read_to_string(&mut back)
+                .unwrap();
+            assert_eq!(back, text);
+        }
+    }
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -130,18 +186,17 @@ struct IngestAnswer {
 }
 
 impl Shipper {
-    async fn run(self) {
+    async fn run(mut self) {
         let mut backoff = BACKOFF_FIRST;
         let mut max_events = self.fallback.max_events;
         let mut failing = false;
         loop {
             let settings = (self.current)().unwrap_or_else(|| self.fallback.clone());
-            let draining = self.handle.0.draining.load(Ordering::Acquire);
-            if !draining {
-                let _ =
-                    tokio::time::timeout(settings.max_wait, self.handle.0.wake.notified()).await;
-            }
-            // Send everything available, a batch at a time.
+            // Woken early only when a full batch is waiting; otherwise every max_wait.
+            let timed_out = self.handle.0.draining.load(Ordering::Acquire)
+                || tokio::time::timeout(settings.max_wait, self.handle.0.wake.notified())
+                    .await
+                    .is_err();
             loop {
                 let settings = (self.current)().unwrap_or_else(|| self.fallback.clone());
                 let (batch, damage) = match self.spool.read(max_events) {
@@ -157,6 +212,12 @@ impl Shipper {
                     }
                     break;
                 }
+                // A partial batch waits for its max_wait (or the stop), unless it is a
+                // retry: fewer, larger batches cost the sidecar and the collector less.
+                let draining = self.handle.0.draining.load(Ordering::Acquire);
+                if batch.events < max_events && !timed_out && !draining && !failing {
+                    break;
+                }
                 match self.send(&settings, &batch).await {
                     Ok(rejected) => {
                         if failing {
@@ -166,6 +227,9 @@ impl Shipper {
                         self.acknowledged(&batch, damage, rejected);
                         backoff = BACKOFF_FIRST;
                         max_events = settings.max_events;
+                        if batch.events < max_events {
+                            break;
+                        }
                     }
                     Err(e) => {
                         self.metrics.retried.inc_by(batch.events as u64);
@@ -246,23 +310,18 @@ impl Shipper {
     }
 
     /// One POST; returns how many lines the collector rejected as malformed.
-    async fn send(&self, settings: &Settings, batch: &Batch) -> Result<u64, SendError> {
-        let mut gz = flate2::write::GzEncoder::new(
-            Vec::with_capacity(batch.ndjson.len() / 4),
-            flate2::Compression::fast(),
-        );
-        gz.write_all(&batch.ndjson)
-            .map_err(|e| SendError::Failed(format!("gzip: {e}")))?;
-        let body = gz
-            .finish()
-            .map_err(|e| SendError::Failed(format!("gzip: {e}")))?;
+    async fn send(&mut self, settings: &Settings, batch: &Batch) -> Result<u64, SendError> {
+        let body = self.gzip.compress(&batch.ndjson);
         let url = format!("{}/v1/events", settings.collector.trim_end_matches('/'));
         let mut req = self
             .client
             .post(url)
-            .header("content-type", "application/x-ndjson")
-            .header("content-encoding", "gzip")
-            .body(body);
+            .header("content-type", "application/x-ndjson");
+        req = if body.is_empty() {
+            req.body(batch.ndjson.clone())
+        } else {
+            req.header("content-encoding", "gzip").body(body)
+        };
         if let Some(t) = &settings.token {
             req = req.bearer_auth(t);
         }

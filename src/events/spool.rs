@@ -9,13 +9,16 @@
 //! length runs past the end of its segment (a torn tail) is counted and skipped.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 const HEADER: usize = 8;
+/// How much of a segment one read takes (more when a single record is larger).
+const READ_CHUNK: usize = 1 << 20;
 /// Larger than any event by far: a length above it is corruption, not a record.
 pub const MAX_RECORD: usize = 1 << 20;
 /// A segment is sealed and a new one started once it holds this much.
@@ -289,6 +292,7 @@ impl Spool {
 
     /// Reads up to `max_events` records from the cursor, without moving it. Damaged
     /// records are skipped (and reported); the batch's `end` is where the next read starts.
+    /// Reads only what the batch needs, a bounded chunk at a time.
     pub fn read(&self, max_events: usize) -> Result<(Batch, Damage), String> {
         let (mut pos, plan): (Position, Vec<(u64, u64)>) = {
             let idx = self.index();
@@ -302,26 +306,30 @@ impl Spool {
         };
         let mut batch = Batch::default();
         let mut damage = Damage::default();
-        let last = plan.len().saturating_sub(1);
-        for (i, &(id, len)) in plan.iter().enumerate() {
+        let mut buf = Vec::new();
+        for &(id, len) in &plan {
             if id != pos.segment {
                 pos = Position {
                     segment: id,
                     offset: 0,
                 };
             }
-            if pos.offset < len {
-                let path = segment_path(&self.dir, id);
-                let mut file = File::open(&path).map_err(|e| io("open", &path, e))?;
-                file.seek(SeekFrom::Start(pos.offset))
-                    .map_err(|e| io("seek", &path, e))?;
-                let mut bytes = Vec::new();
-                file.take(len - pos.offset)
-                    .read_to_end(&mut bytes)
+            let path = segment_path(&self.dir, id);
+            let mut file = None;
+            let mut want = READ_CHUNK;
+            while batch.events < max_events && pos.offset < len {
+                let f = match &file {
+                    Some(f) => f,
+                    None => file.insert(File::open(&path).map_err(|e| io("open", &path, e))?),
+                };
+                let n = want.min((len - pos.offset) as usize);
+                buf.resize(n, 0);
+                f.read_exact_at(&mut buf, pos.offset)
                     .map_err(|e| io("read", &path, e))?;
                 let mut at = 0;
+                let mut short = None;
                 while batch.events < max_events {
-                    match record(&bytes, at) {
+                    match record(&buf, at) {
                         Record::Ok { payload, next } => {
                             batch.ndjson.extend_from_slice(payload);
                             batch.ndjson.push(b'\n');
@@ -332,16 +340,32 @@ impl Spool {
                             damage.corrupt_records += 1;
                             at = next;
                         }
+                        Record::Short { need } => {
+                            short = Some(need);
+                            break;
+                        }
                         Record::Torn => {
+                            // Nothing after a bad length can be trusted: skip the rest.
                             damage.torn_tails += 1;
-                            at = bytes.len();
+                            at = (len - pos.offset) as usize;
+                            break;
                         }
                         Record::End => break,
                     }
                 }
                 pos.offset += at as u64;
+                if let Some(need) = short {
+                    if pos.offset + need as u64 > len {
+                        // The segment ends inside this record: a tail cut by a crash.
+                        damage.torn_tails += 1;
+                        pos.offset = len;
+                    } else {
+                        // The record continues past this chunk: read again from its start.
+                        want = want.max(need);
+                    }
+                }
             }
-            if batch.events >= max_events || i == last {
+            if batch.events >= max_events {
                 break;
             }
         }
@@ -456,8 +480,18 @@ fn write_cursor(dir: &Path, p: Position) -> Result<(), String> {
 }
 
 enum Record<'a> {
-    Ok { payload: &'a [u8], next: usize },
-    Corrupt { next: usize },
+    Ok {
+        payload: &'a [u8],
+        next: usize,
+    },
+    Corrupt {
+        next: usize,
+    },
+    /// The bytes end inside a record that needs `need` bytes from its start.
+    Short {
+        need: usize,
+    },
+    /// A length no record can have: what follows cannot be trusted.
     Torn,
     End,
 }
@@ -468,12 +502,15 @@ fn record(bytes: &[u8], at: usize) -> Record<'_> {
         return Record::End;
     }
     if rest.len() < HEADER {
-        return Record::Torn;
+        return Record::Short { need: HEADER };
     }
     let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
     let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-    if len == 0 || len > MAX_RECORD || rest.len() < HEADER + len {
+    if len == 0 || len > MAX_RECORD {
         return Record::Torn;
+    }
+    if rest.len() < HEADER + len {
+        return Record::Short { need: HEADER + len };
     }
     let payload = &rest[HEADER..HEADER + len];
     let next = at + HEADER + len;
@@ -506,7 +543,7 @@ fn scan(bytes: &[u8], from: usize) -> Scan {
                 s.corrupt += 1;
                 at = next;
             }
-            Record::Torn => {
+            Record::Torn | Record::Short { .. } => {
                 s.torn = true;
                 return s;
             }
@@ -632,6 +669,32 @@ mod tests {
         // Acknowledged, the room is free again.
         assert_eq!(spool.bytes(), 0);
         assert_eq!(spool.append(&events(4, 0)).unwrap().written, 4);
+    }
+
+    #[test]
+    fn records_larger_than_a_read_chunk_and_chunk_edges() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path(), 1 << 30).unwrap();
+        let big = vec![b'y'; MAX_RECORD]; // with its header, more than a chunk
+        let mut all = events(3, 0);
+        all.push(big.clone());
+        // Enough small records that a chunk boundary falls inside one of them.
+        all.extend((0..120_000).map(|i| format!("{{\"n\":{i}}}").into_bytes()));
+        spool.append(&all).unwrap();
+        let mut seen = 0;
+        loop {
+            let (b, d) = spool.read(50_000).unwrap();
+            assert_eq!(d, Damage::default());
+            if b.events == 0 {
+                break;
+            }
+            if seen == 0 {
+                assert!(b.ndjson.windows(big.len()).any(|w| w == big.as_slice()));
+            }
+            seen += b.events;
+            spool.ack(b.end, b.events as u64);
+        }
+        assert_eq!(seen, all.len());
     }
 
     #[test]
