@@ -234,11 +234,10 @@ impl Spool {
         if buf.is_empty() {
             return Ok(out);
         }
-        let path = segment_path(&self.dir, active.id);
         active
             .file
             .write_all(&buf)
-            .map_err(|e| io("write", &path, e))?;
+            .map_err(|e| io("write", &segment_path(&self.dir, active.id), e))?;
         active.dirty = true;
         let rotate = {
             let mut idx = self.index();
