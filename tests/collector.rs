@@ -262,7 +262,9 @@ async fn collector_down_at_first_then_started() {
         .wait_metric("switchyard_events_queued", 20.0, "queued while down")
         .await;
     assert!(sidecar.metric("switchyard_events_spooled_bytes").await > 0.0);
-    assert!(sidecar.metric("switchyard_events_retried_total").await > 0.0);
+    sidecar
+        .wait_metric("switchyard_events_retried_total", 1.0, "a failed delivery")
+        .await;
     assert_eq!(sent(&sidecar).await, 0.0);
 
     let db = format!("sqlite://{}", dir.path().join("usage.db").display());

@@ -104,7 +104,38 @@ fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+impl Sums {
+    pub fn merge(&mut self, o: &Sums) {
+        self.requests += o.requests;
+        self.errors += o.errors;
+        self.fallbacks += o.fallbacks;
+        self.partials += o.partials;
+        self.input_tokens = self.input_tokens.saturating_add(o.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(o.output_tokens);
+        self.cached_tokens = self.cached_tokens.saturating_add(o.cached_tokens);
+        self.reasoning_tokens = self.reasoning_tokens.saturating_add(o.reasoning_tokens);
+        self.cost_pico = self.cost_pico.saturating_add(o.cost_pico);
+        self.latency_ms_sum = self.latency_ms_sum.saturating_add(o.latency_ms_sum);
+    }
+}
+
 impl Delta {
+    /// The same sums, per day (`hour` set to the day's start).
+    pub fn daily(&self) -> Delta {
+        let day = |k: &Key| Key {
+            hour: k.hour - k.hour.rem_euclid(86_400),
+            ..k.clone()
+        };
+        let mut d = Delta::default();
+        for (k, s) in &self.sums {
+            d.sums.entry(day(k)).or_default().merge(s);
+        }
+        for ((k, b), n) in &self.latency {
+            *d.latency.entry((day(k), *b)).or_default() += n;
+        }
+        d
+    }
+
     pub fn add(&mut self, e: &UsageEvent) {
         let ts = e.ts.timestamp();
         let key = Key {

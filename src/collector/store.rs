@@ -138,7 +138,8 @@ impl Store {
                     }
                 }
                 let delta = delta_of(&unique, &new_ids);
-                upsert_sqlite(&mut tx, &delta).await?;
+                upsert_sqlite(&mut tx, &delta, Level::Hourly).await?;
+                upsert_sqlite(&mut tx, &delta.daily(), Level::Daily).await?;
                 tx.commit().await?;
                 new_ids
             }
@@ -167,7 +168,8 @@ impl Store {
                     new_ids.insert(row.try_get::<uuid::Uuid, _>(0)?);
                 }
                 let delta = delta_of(&unique, &new_ids);
-                upsert_postgres(&mut tx, &delta).await?;
+                upsert_postgres(&mut tx, &delta, Level::Hourly).await?;
+                upsert_postgres(&mut tx, &delta.daily(), Level::Daily).await?;
                 tx.commit().await?;
                 new_ids
             }
@@ -179,12 +181,30 @@ impl Store {
         })
     }
 
-    /// Sums (and latency buckets) per group, from the roll-ups.
+    /// Sums (and latency buckets) per group, from the roll-ups: whole days from the daily
+    /// level, the hours at either end from the hourly one, added together (exact either way).
     pub async fn usage(&self, q: &UsageQuery) -> Result<Vec<UsageRow>, sqlx::Error> {
-        let postgres = matches!(self, Store::Postgres(_));
-        let (sums_sql, lat_sql) = usage_sql(q, postgres);
-        let binds = q.binds();
         let mut rows: BTreeMap<Vec<KeyValue>, UsageRow> = BTreeMap::new();
+        for (level, from, to) in plan(q) {
+            let part = UsageQuery {
+                from_hour: from,
+                to_hour: to,
+                ..q.clone()
+            };
+            self.usage_part(&part, level, &mut rows).await?;
+        }
+        Ok(rows.into_values().collect())
+    }
+
+    async fn usage_part(
+        &self,
+        q: &UsageQuery,
+        level: Level,
+        rows: &mut BTreeMap<Vec<KeyValue>, UsageRow>,
+    ) -> Result<(), sqlx::Error> {
+        let postgres = matches!(self, Store::Postgres(_));
+        let (sums_sql, lat_sql) = usage_sql(q, postgres, level);
+        let binds = q.binds();
         macro_rules! run {
             ($pool:expr) => {{
                 let mut s = sqlx::query(&sums_sql);
@@ -203,7 +223,7 @@ impl Store {
                     let keys = read_keys(&row, &q.group_by)?;
                     let n = q.group_by.len();
                     let get = |i: usize| row.try_get::<i64, _>(n + i);
-                    let sums = Sums {
+                    let add = Sums {
                         requests: get(0)?,
                         errors: get(1)?,
                         fallbacks: get(2)?,
@@ -215,14 +235,12 @@ impl Store {
                         cost_pico: get(8)?,
                         latency_ms_sum: get(9)?,
                     };
-                    rows.insert(
-                        keys.clone(),
-                        UsageRow {
-                            keys,
-                            sums,
-                            latency: BTreeMap::new(),
-                        },
-                    );
+                    let row = rows.entry(keys.clone()).or_insert_with(|| UsageRow {
+                        keys,
+                        sums: Sums::default(),
+                        latency: BTreeMap::new(),
+                    });
+                    row.sums.merge(&add);
                 }
                 for row in l.fetch_all($pool).await? {
                     let keys = read_keys(&row, &q.group_by)?;
@@ -239,7 +257,7 @@ impl Store {
             Store::Sqlite { pool, .. } => run!(pool),
             Store::Postgres(pool) => run!(pool),
         }
-        Ok(rows.into_values().collect())
+        Ok(())
     }
 
     /// Raw events in id (= time) order, after `after`, for replay and audit.
@@ -372,26 +390,56 @@ fn sums_of(s: &Sums) -> [i64; 10] {
     ]
 }
 
-fn upsert_tail() -> String {
+/// The two roll-up levels: the same columns, `hour` holding the hour's or the day's start.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Level {
+    Hourly,
+    Daily,
+}
+
+impl Level {
+    fn sums(self) -> &'static str {
+        match self {
+            Level::Hourly => "rollup_hourly",
+            Level::Daily => "rollup_daily",
+        }
+    }
+
+    fn latency(self) -> &'static str {
+        match self {
+            Level::Hourly => "rollup_latency",
+            Level::Daily => "rollup_latency_daily",
+        }
+    }
+}
+
+fn upsert_tail(level: Level) -> String {
+    let t = level.sums();
     let set: Vec<String> = SUMS
         .iter()
-        .map(|c| format!("{c} = rollup_hourly.{c} + excluded.{c}"))
+        .map(|c| format!("{c} = {t}.{c} + excluded.{c}"))
         .collect();
     format!(" ON CONFLICT ({DIMS}) DO UPDATE SET {}", set.join(", "))
 }
 
-const LATENCY_TAIL: &str =
-    " ON CONFLICT (hour, team, key_id, model, provider, route, service, bucket) \
-     DO UPDATE SET count = rollup_latency.count + excluded.count";
+fn latency_tail(level: Level) -> String {
+    let t = level.latency();
+    format!(
+        " ON CONFLICT (hour, team, key_id, model, provider, route, service, bucket) \
+         DO UPDATE SET count = {t}.count + excluded.count"
+    )
+}
 
 async fn upsert_sqlite(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     d: &Delta,
+    level: Level,
 ) -> Result<(), sqlx::Error> {
     let sums: Vec<(&Key, &Sums)> = d.sums.iter().collect();
     for chunk in sums.chunks(CHUNK) {
         let mut q = QueryBuilder::new(format!(
-            "INSERT INTO rollup_hourly ({DIMS}, {}) ",
+            "INSERT INTO {} ({DIMS}, {}) ",
+            level.sums(),
             SUMS.join(", ")
         ));
         q.push_values(chunk, |mut b, (k, s)| {
@@ -400,19 +448,20 @@ async fn upsert_sqlite(
                 b.push_bind(v);
             }
         });
-        q.push(upsert_tail());
+        q.push(upsert_tail(level));
         q.build().execute(&mut **tx).await?;
     }
     let lat: Vec<(&(Key, i32), &i64)> = d.latency.iter().collect();
     for chunk in lat.chunks(CHUNK) {
         let mut q = QueryBuilder::new(format!(
-            "INSERT INTO rollup_latency ({DIMS}, bucket, count) "
+            "INSERT INTO {} ({DIMS}, bucket, count) ",
+            level.latency()
         ));
         q.push_values(chunk, |mut b, ((k, bucket), n)| {
             push_key(&mut b, k);
             b.push_bind(*bucket).push_bind(**n);
         });
-        q.push(LATENCY_TAIL);
+        q.push(latency_tail(level));
         q.build().execute(&mut **tx).await?;
     }
     Ok(())
@@ -434,6 +483,7 @@ fn push_key<'a>(
 async fn upsert_postgres(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     d: &Delta,
+    level: Level,
 ) -> Result<(), sqlx::Error> {
     if d.sums.is_empty() {
         return Ok(());
@@ -449,11 +499,12 @@ async fn upsert_postgres(
         .map(|i| format!("${i}::bigint[]"))
         .collect();
     let sql = format!(
-        "INSERT INTO rollup_hourly ({DIMS}, {}) SELECT * FROM UNNEST($1::bigint[], $2::text[], \
+        "INSERT INTO {} ({DIMS}, {}) SELECT * FROM UNNEST($1::bigint[], $2::text[], \
          $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], {}){}",
+        level.sums(),
         SUMS.join(", "),
         arrays.join(", "),
-        upsert_tail()
+        upsert_tail(level)
     );
     let mut q = bind_keys(sqlx::query(&sql), &keys);
     for c in &cols {
@@ -465,9 +516,11 @@ async fn upsert_postgres(
     let buckets: Vec<i32> = d.latency.keys().map(|(_, b)| *b).collect();
     let counts: Vec<i64> = d.latency.values().copied().collect();
     let sql = format!(
-        "INSERT INTO rollup_latency ({DIMS}, bucket, count) SELECT * FROM UNNEST($1::bigint[], \
+        "INSERT INTO {} ({DIMS}, bucket, count) SELECT * FROM UNNEST($1::bigint[], \
          $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[], \
-         $9::bigint[]){LATENCY_TAIL}"
+         $9::bigint[]){}",
+        level.latency(),
+        latency_tail(level)
     );
     bind_keys(sqlx::query(&sql), &lkeys)
         .bind(&buckets)
@@ -496,8 +549,27 @@ pub enum Bind {
     Text(String),
 }
 
+/// Which roll-up level answers which part of a query's range: whole UTC days from the
+/// daily level, unless the query groups by hour.
+fn plan(q: &UsageQuery) -> Vec<(Level, i64, i64)> {
+    const DAY: i64 = 86_400;
+    let first_day = (q.from_hour + DAY - 1).div_euclid(DAY) * DAY;
+    let last_day = q.to_hour.div_euclid(DAY) * DAY;
+    if q.group_by.contains(&Dim::Hour) || last_day <= first_day {
+        return vec![(Level::Hourly, q.from_hour, q.to_hour)];
+    }
+    let mut parts = vec![(Level::Daily, first_day, last_day)];
+    if q.from_hour < first_day {
+        parts.push((Level::Hourly, q.from_hour, first_day));
+    }
+    if last_day < q.to_hour {
+        parts.push((Level::Hourly, last_day, q.to_hour));
+    }
+    parts
+}
+
 /// The two statements of a usage query: sums per group, and latency buckets per group.
-fn usage_sql(q: &UsageQuery, postgres: bool) -> (String, String) {
+fn usage_sql(q: &UsageQuery, postgres: bool, level: Level) -> (String, String) {
     let keys: Vec<String> = q
         .group_by
         .iter()
@@ -543,13 +615,15 @@ fn usage_sql(q: &UsageQuery, postgres: bool) -> (String, String) {
         }
     };
     let sums_sql = format!(
-        "SELECT {} FROM rollup_hourly WHERE {filter}{} HAVING COUNT(*) > 0",
+        "SELECT {} FROM {} WHERE {filter}{} HAVING COUNT(*) > 0",
         lead(&sums.join(", ")),
+        level.sums(),
         group_by("")
     );
     let lat_sql = format!(
-        "SELECT {} FROM rollup_latency WHERE {filter}{}",
+        "SELECT {} FROM {} WHERE {filter}{}",
         lead(&format!("bucket, SUM(count){cast}")),
+        level.latency(),
         group_by("bucket")
     );
     (sums_sql, lat_sql)
@@ -571,4 +645,39 @@ where
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(from: i64, to: i64, group_by: Vec<Dim>) -> UsageQuery {
+        UsageQuery {
+            from_hour: from,
+            to_hour: to,
+            group_by,
+            team: None,
+            model: None,
+        }
+    }
+
+    #[test]
+    fn whole_days_come_from_the_daily_level() {
+        let d = 86_400;
+        // 10:00 on day 1 to 05:00 on day 4: days 2 and 3 daily, the ends hourly.
+        let parts = plan(&q(d + 36_000, 3 * d + 18_000, vec![Dim::Team]));
+        assert_eq!(
+            parts,
+            vec![
+                (Level::Daily, 2 * d, 3 * d),
+                (Level::Hourly, d + 36_000, 2 * d),
+                (Level::Hourly, 3 * d, 3 * d + 18_000)
+            ]
+        );
+        // Aligned: one part.
+        assert_eq!(plan(&q(d, 3 * d, vec![])), vec![(Level::Daily, d, 3 * d)]);
+        // Less than a day, or grouped by hour: hourly only.
+        assert_eq!(plan(&q(d + 3600, d + 7200, vec![])).len(), 1);
+        assert_eq!(plan(&q(d, 5 * d, vec![Dim::Hour]))[0].0, Level::Hourly);
+    }
 }
