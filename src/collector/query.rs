@@ -1,7 +1,6 @@
 //! `/v1/usage`: parameters parsed into a typed query, and rows rendered as JSON or CSV.
 
-use super::rollup::quantile;
-use super::store::{Bind, KeyValue, UsageRow};
+use super::store::{KeyValue, UsageRow};
 use crate::events::Usd;
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use std::collections::HashMap;
@@ -76,19 +75,6 @@ pub struct UsageQuery {
     pub group_by: Vec<Dim>,
     pub team: Option<String>,
     pub model: Option<String>,
-}
-
-impl UsageQuery {
-    pub fn binds(&self) -> Vec<Bind> {
-        let mut b = vec![Bind::Int(self.from_hour), Bind::Int(self.to_hour)];
-        if let Some(t) = &self.team {
-            b.push(Bind::Text(t.clone()));
-        }
-        if let Some(m) = &self.model {
-            b.push(Bind::Text(m.clone()));
-        }
-        b
-    }
 }
 
 /// A time as RFC 3339, a date (`2026-11-23`, midnight UTC), unix seconds, or a span back
@@ -220,11 +206,11 @@ pub fn to_json(rows: &[UsageRow], dims: &[Dim]) -> serde_json::Value {
             );
             o.insert(
                 "p50_latency_ms".into(),
-                ms(quantile(&r.latency, 0.5)).into(),
+                ms(r.sums.latency.quantile(0.5)).into(),
             );
             o.insert(
                 "p95_latency_ms".into(),
-                ms(quantile(&r.latency, 0.95)).into(),
+                ms(r.sums.latency.quantile(0.95)).into(),
             );
             serde_json::Value::Object(o)
         })
@@ -271,7 +257,7 @@ pub fn to_csv(rows: &[UsageRow], dims: &[Dim]) -> String {
         }
         cells.push(crate::price::usd_decimal(usd(s.cost_pico).0));
         for q in [0.5, 0.95] {
-            cells.push(ms(quantile(&r.latency, q)).map_or(String::new(), |v| v.to_string()));
+            cells.push(ms(r.sums.latency.quantile(q)).map_or(String::new(), |v| v.to_string()));
         }
         let _ = writeln!(out, "{}", cells.join(","));
     }

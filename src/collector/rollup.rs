@@ -1,6 +1,7 @@
-//! Roll-ups: per hour × team × key × model × provider × route × service, the sums of a
-//! batch's new events, and their latencies as counts in log-spaced buckets — mergeable by
-//! addition, so percentiles over any range and grouping come from roll-ups alone.
+//! Roll-ups: per hour (and per day) × team × key × model × provider × route × service, the
+//! sums of the events, and their latencies as a histogram of counts in log-spaced buckets
+//! held in the same row — mergeable by addition, so percentiles over any range and grouping
+//! come from roll-ups alone, one row per group and period.
 
 use crate::events::UsageEvent;
 use std::collections::BTreeMap;
@@ -30,27 +31,78 @@ fn bounds(b: i32) -> (f64, f64) {
     (lo, hi)
 }
 
-/// The `q` quantile (0–1) of the latencies counted in `buckets` (bucket → count),
-/// interpolated linearly inside the bucket that holds it.
-pub fn quantile(buckets: &BTreeMap<i32, i64>, q: f64) -> Option<f64> {
-    let total: i64 = buckets.values().sum();
-    if total <= 0 {
-        return None;
-    }
-    let rank = q * total as f64;
-    let mut seen = 0i64;
-    for (&b, &n) in buckets {
-        if n <= 0 {
-            continue;
+/// Latency counts by bucket (index = bucket), trimmed after the last non-zero one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Histogram(pub Vec<i64>);
+
+impl Histogram {
+    pub fn record(&mut self, ms: u64) {
+        let b = bucket(ms) as usize;
+        if self.0.len() <= b {
+            self.0.resize(b + 1, 0);
         }
-        if (seen + n) as f64 >= rank {
-            let (lo, hi) = bounds(b);
-            let within = ((rank - seen as f64) / n as f64).clamp(0.0, 1.0);
-            return Some(lo + (hi - lo) * within);
-        }
-        seen += n;
+        self.0[b] += 1;
     }
-    buckets.keys().last().map(|&b| bounds(b).1)
+
+    pub fn merge(&mut self, o: &Histogram) {
+        if self.0.len() < o.0.len() {
+            self.0.resize(o.0.len(), 0);
+        }
+        for (a, b) in self.0.iter_mut().zip(&o.0) {
+            *a = a.saturating_add(*b);
+        }
+    }
+
+    /// SQLite's form: each count as 8 bytes, little-endian.
+    pub fn to_blob(&self) -> Vec<u8> {
+        self.0.iter().flat_map(|n| n.to_le_bytes()).collect()
+    }
+
+    /// A blob this code wrote; anything else reads as empty rather than failing a query.
+    pub fn from_blob(b: &[u8]) -> Histogram {
+        Histogram(
+            b.chunks_exact(8)
+                .take(BUCKETS as usize)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                .collect(),
+        )
+    }
+
+    /// PostgreSQL's form, as array text (`{1,0,3}`), cast to `bigint[]` in SQL.
+    pub fn to_pg_text(&self) -> String {
+        let mut s = String::with_capacity(2 + self.0.len() * 3);
+        s.push('{');
+        for (i, n) in self.0.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            s.push_str(itoa::Buffer::new().format(*n));
+        }
+        s.push('}');
+        s
+    }
+
+    /// The `q` quantile (0–1), interpolated linearly inside the bucket that holds it.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total: i64 = self.0.iter().filter(|n| **n > 0).sum();
+        if total <= 0 {
+            return None;
+        }
+        let rank = q * total as f64;
+        let mut seen = 0i64;
+        for (b, &n) in self.0.iter().enumerate() {
+            if n <= 0 {
+                continue;
+            }
+            if (seen + n) as f64 >= rank {
+                let (lo, hi) = bounds(b as i32);
+                let within = ((rank - seen as f64) / n as f64).clamp(0.0, 1.0);
+                return Some(lo + (hi - lo) * within);
+            }
+            seen += n;
+        }
+        Some(bounds(self.0.len() as i32 - 1).1)
+    }
 }
 
 /// The roll-up row an event belongs to.
@@ -80,6 +132,7 @@ pub struct Sums {
     /// tokens; a row holds up to $9.2 M.
     pub cost_pico: i64,
     pub latency_ms_sum: i64,
+    pub latency: Histogram,
 }
 
 /// What one batch adds to the roll-ups, in key order (a fixed lock order for databases
@@ -87,7 +140,6 @@ pub struct Sums {
 #[derive(Debug, Default)]
 pub struct Delta {
     pub sums: BTreeMap<Key, Sums>,
-    pub latency: BTreeMap<(Key, i32), i64>,
 }
 
 /// A failed request: an error status, or none at all (the connection was cut).
@@ -116,6 +168,7 @@ impl Sums {
         self.reasoning_tokens = self.reasoning_tokens.saturating_add(o.reasoning_tokens);
         self.cost_pico = self.cost_pico.saturating_add(o.cost_pico);
         self.latency_ms_sum = self.latency_ms_sum.saturating_add(o.latency_ms_sum);
+        self.latency.merge(&o.latency);
     }
 }
 
@@ -129,9 +182,6 @@ impl Delta {
         let mut d = Delta::default();
         for (k, s) in &self.sums {
             d.sums.entry(day(k)).or_default().merge(s);
-        }
-        for ((k, b), n) in &self.latency {
-            *d.latency.entry((day(k), *b)).or_default() += n;
         }
         d
     }
@@ -147,7 +197,7 @@ impl Delta {
             route: e.route.to_string(),
             service: e.service.to_string(),
         };
-        let s = self.sums.entry(key.clone()).or_default();
+        let s = self.sums.entry(key).or_default();
         s.requests += 1;
         s.errors += i64::from(is_error(e));
         s.fallbacks += i64::from(e.fallback);
@@ -158,7 +208,7 @@ impl Delta {
         s.reasoning_tokens = s.reasoning_tokens.saturating_add(clamp(e.reasoning_tokens));
         s.cost_pico = s.cost_pico.saturating_add(pico(e.cost_usd.0));
         s.latency_ms_sum = s.latency_ms_sum.saturating_add(clamp(e.latency_ms));
-        *self.latency.entry((key, bucket(e.latency_ms))).or_default() += 1;
+        s.latency.record(e.latency_ms);
     }
 }
 
@@ -182,15 +232,29 @@ mod tests {
 
     #[test]
     fn quantiles_are_within_the_bucket_error() {
-        let mut b = BTreeMap::new();
+        let mut h = Histogram::default();
         for ms in 1..=1000u64 {
-            *b.entry(bucket(ms)).or_default() += 1;
+            h.record(ms);
         }
-        let p50 = quantile(&b, 0.5).unwrap();
-        let p95 = quantile(&b, 0.95).unwrap();
+        let p50 = h.quantile(0.5).unwrap();
+        let p95 = h.quantile(0.95).unwrap();
         assert!((p50 - 500.0).abs() / 500.0 < 0.09, "{p50}");
         assert!((p95 - 950.0).abs() / 950.0 < 0.09, "{p95}");
-        assert_eq!(quantile(&BTreeMap::new(), 0.5), None);
+        assert_eq!(Histogram::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn histograms_merge_and_encode() {
+        let mut a = Histogram::default();
+        a.record(3);
+        let mut b = Histogram::default();
+        b.record(3000);
+        b.record(0);
+        a.merge(&b);
+        assert_eq!(a.0.iter().sum::<i64>(), 3);
+        assert_eq!(Histogram::from_blob(&a.to_blob()), a);
+        assert!(a.to_pg_text().starts_with("{1,0,0,0,0,0,0,1,"));
+        assert_eq!(Histogram::from_blob(&[1, 2, 3]), Histogram::default());
     }
 
     #[test]

@@ -4,6 +4,7 @@ team token must see its own team only. Keeps a screenshot in docs/dashboard.png.
 import datetime as dt
 import gzip
 import json
+import re
 import urllib.request
 import uuid
 from decimal import Decimal
@@ -107,7 +108,8 @@ def test_dashboard_shows_the_seeded_totals(collector_stack, browser):
 
     # Filtering by team narrows every chart.
     page.select_option("#team", "ops")
-    page.wait_for_function("document.getElementById('t-requests').innerText === '10'")
+    # (wait_for_function would evaluate a string, which the page's CSP rightly forbids)
+    page.locator("#t-requests", has_text=re.compile(r"^10$")).wait_for(timeout=10000)
     assert dataset_sums(page, "c-tokens-model") == {"gpt-4o": 3000}
     assert not errors, errors
 

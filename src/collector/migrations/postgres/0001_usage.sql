@@ -9,7 +9,8 @@ CREATE TABLE events (
 CREATE INDEX events_ts ON events (ts_ms);
 CREATE INDEX events_team_ts ON events (team, ts_ms);
 
--- Hourly roll-ups, written in the same transaction as the events they sum.
+-- Hourly roll-ups, written in the same transaction as the events they sum. `latency`
+-- holds the latencies' histogram (an array; collector/rollup.rs).
 CREATE TABLE rollup_hourly (
     hour BIGINT NOT NULL,
     team TEXT NOT NULL,
@@ -28,12 +29,14 @@ CREATE TABLE rollup_hourly (
     reasoning_tokens BIGINT NOT NULL,
     cost_pico BIGINT NOT NULL,
     latency_ms_sum BIGINT NOT NULL,
+    latency BIGINT[] NOT NULL,
     PRIMARY KEY (hour, team, key_id, model, provider, route, service)
 );
-CREATE INDEX rollup_team_hour ON rollup_hourly (team, hour);
+CREATE INDEX rollup_hourly_team_hour ON rollup_hourly (team, hour);
 
--- Latency per roll-up row as counts in log-spaced buckets (collector/rollup.rs).
-CREATE TABLE rollup_latency (
+-- Daily roll-ups, the same columns (`hour` holds the day's start): a query over weeks
+-- or months reads one row per day and group instead of 24.
+CREATE TABLE rollup_daily (
     hour BIGINT NOT NULL,
     team TEXT NOT NULL,
     key_id TEXT NOT NULL,
@@ -41,7 +44,17 @@ CREATE TABLE rollup_latency (
     provider TEXT NOT NULL,
     route TEXT NOT NULL,
     service TEXT NOT NULL,
-    bucket INTEGER NOT NULL,
-    count BIGINT NOT NULL,
-    PRIMARY KEY (hour, team, key_id, model, provider, route, service, bucket)
+    requests BIGINT NOT NULL,
+    errors BIGINT NOT NULL,
+    fallbacks BIGINT NOT NULL,
+    partials BIGINT NOT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    cached_tokens BIGINT NOT NULL,
+    reasoning_tokens BIGINT NOT NULL,
+    cost_pico BIGINT NOT NULL,
+    latency_ms_sum BIGINT NOT NULL,
+    latency BIGINT[] NOT NULL,
+    PRIMARY KEY (hour, team, key_id, model, provider, route, service)
 );
+CREATE INDEX rollup_daily_team_hour ON rollup_daily (team, hour);
