@@ -5,6 +5,7 @@
 #
 #   benches/callgrind.sh [chat|stream|big] [binary]
 #   SHIPPING=1 benches/callgrind.sh chat [binary]   # with usage events shipped to a collector
+#   SHIPPING=1 COMPRESSION=none benches/callgrind.sh chat [binary]   # … as plain NDJSON
 #
 # Starts the mock upstream and the proxy (under valgrind) on loopback ports 9190-9192,
 # warms up, zeroes the counters, drives the workload with wrk for 8 s at 8 connections,
@@ -48,6 +49,7 @@ telemetry:
   collector: "http://127.0.0.1:9193"
   token: bench-ingest
   spool_dir: "$OUT/spool"
+  compression: ${COMPRESSION:-gzip}
 EOF
   "$bin" collector --config "$OUT/collector.yaml" >"$OUT/collector.log" 2>&1 &
   collector=$!

@@ -255,9 +255,10 @@ impl Policy {
             Some(t) => {
                 let _ = writeln!(
                     s,
-                    "usage events: to {} (token {}), spool {} up to {} bytes, batches of {} or every {:?}",
+                    "usage events: to {} (token {}, {}), spool {} up to {} bytes, batches of {} or every {:?}",
                     t.collector,
                     if t.token.is_some() { "set" } else { "none" },
+                    if t.gzip { "gzip" } else { "uncompressed" },
                     t.spool_dir.display(),
                     t.spool_max_bytes,
                     t.max_events,

@@ -107,6 +107,16 @@ async fn assert_totals(c: &Collector, used: Used) {
     assert_eq!(row[8], used.cost(), "{csv}");
 }
 
+/// A sidecar of `team` in its own folder `dir/name`, shipping to the collector on `port`.
+fn sidecar_in(dir: &std::path::Path, name: &str, mock: &Mock, team: &str, port: u16) -> Sidecar {
+    let own = dir.join(name);
+    std::fs::create_dir_all(&own).unwrap();
+    start_proxy(
+        &own,
+        &policy(mock, team, &telemetry_yaml(port, &own.join("spool"), "")),
+    )
+}
+
 async fn sent(s: &Sidecar) -> f64 {
     s.metric("switchyard_events_sent_total").await
 }
@@ -252,9 +262,14 @@ async fn collector_down_at_first_then_started() {
     let mock = Mock::start(dir.path(), &[]);
     let port = free_port();
     let spool = dir.path().join("spool");
+    // (Plain NDJSON here: the collector takes both.)
     let sidecar = start_proxy(
         dir.path(),
-        &policy(&mock, "research", &telemetry_yaml(port, &spool, "")),
+        &policy(
+            &mock,
+            "research",
+            &telemetry_yaml(port, &spool, "  compression: none\n"),
+        ),
     );
     let mut used = traffic(&sidecar.url(), 20).await;
     sidecar.wait_idle().await;
@@ -452,26 +467,8 @@ async fn two_collector_replicas_share_one_postgres() {
     let a = Collector::start(dir.path(), &db.url());
     let b = Collector::start(dir.path(), &db.url());
     // Two sidecars, one per replica.
-    let dir_a = dir.path().join("a");
-    let dir_b = dir.path().join("b");
-    std::fs::create_dir_all(&dir_a).unwrap();
-    std::fs::create_dir_all(&dir_b).unwrap();
-    let s1 = start_proxy(
-        &dir_a,
-        &policy(
-            &mock,
-            "research",
-            &telemetry_yaml(a.port, &dir_a.join("spool"), ""),
-        ),
-    );
-    let s2 = start_proxy(
-        &dir_b,
-        &policy(
-            &mock,
-            "ops",
-            &telemetry_yaml(b.port, &dir_b.join("spool"), ""),
-        ),
-    );
+    let s1 = sidecar_in(dir.path(), "a", &mock, "research", a.port);
+    let s2 = sidecar_in(dir.path(), "b", &mock, "ops", b.port);
     let (url1, url2) = (s1.url(), s2.url());
     let (u1, u2) = tokio::join!(traffic(&url1, 40), traffic(&url2, 40));
     // And one batch delivered to both replicas at once: stored once between them.
@@ -608,27 +605,13 @@ async fn a_team_reader_sees_only_its_team() {
     let mock = Mock::start(dir.path(), &[]);
     let db = format!("sqlite://{}", dir.path().join("usage.db").display());
     let c = Collector::start(dir.path(), &db);
-    let dir_a = dir.path().join("a");
-    let dir_b = dir.path().join("b");
-    std::fs::create_dir_all(&dir_a).unwrap();
-    std::fs::create_dir_all(&dir_b).unwrap();
-    let research = start_proxy(
-        &dir_a,
-        &policy(
-            &mock,
-            "research",
-            &telemetry_yaml(c.port, &dir_a.join("spool"), ""),
-        ),
-    );
-    let ops = start_proxy(
-        &dir_b,
-        &policy(
-            &mock,
-            "ops",
-            &telemetry_yaml(c.port, &dir_b.join("spool"), ""),
-        ),
-    );
-    std::fs::copy(dir_a.join("policy.yaml"), dir.path().join("policy.yaml")).unwrap();
+    let research = sidecar_in(dir.path(), "a", &mock, "research", c.port);
+    let ops = sidecar_in(dir.path(), "b", &mock, "ops", c.port);
+    std::fs::copy(
+        dir.path().join("a/policy.yaml"),
+        dir.path().join("policy.yaml"),
+    )
+    .unwrap();
     traffic(&research.url(), 6).await;
     traffic(&ops.url(), 9).await;
     c.wait_requests(15, "both teams").await;

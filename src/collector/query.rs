@@ -1,5 +1,6 @@
 //! `/v1/usage`: parameters parsed into a typed query, and rows rendered as JSON or CSV.
 
+use super::rollup::Sums;
 use super::store::{KeyValue, UsageRow};
 use crate::events::Usd;
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
@@ -188,16 +189,7 @@ pub fn to_json(rows: &[UsageRow], dims: &[Dim]) -> serde_json::Value {
                 o.insert(d.name().into(), key_text(*d, v).into());
             }
             let s = &r.sums;
-            for (k, v) in [
-                ("requests", s.requests),
-                ("errors", s.errors),
-                ("fallbacks", s.fallbacks),
-                ("partial", s.partials),
-                ("input_tokens", s.input_tokens),
-                ("output_tokens", s.output_tokens),
-                ("cached_tokens", s.cached_tokens),
-                ("reasoning_tokens", s.reasoning_tokens),
-            ] {
+            for (k, v) in s.counts() {
                 o.insert(k.into(), v.into());
             }
             o.insert(
@@ -221,19 +213,8 @@ pub fn to_json(rows: &[UsageRow], dims: &[Dim]) -> serde_json::Value {
 pub fn to_csv(rows: &[UsageRow], dims: &[Dim]) -> String {
     let mut out = String::new();
     let mut head: Vec<&str> = dims.iter().map(|d| d.name()).collect();
-    head.extend([
-        "requests",
-        "errors",
-        "fallbacks",
-        "partial",
-        "input_tokens",
-        "output_tokens",
-        "cached_tokens",
-        "reasoning_tokens",
-        "cost_usd",
-        "p50_latency_ms",
-        "p95_latency_ms",
-    ]);
+    head.extend(Sums::default().counts().map(|(k, _)| k));
+    head.extend(["cost_usd", "p50_latency_ms", "p95_latency_ms"]);
     out.push_str(&head.join(","));
     out.push('\n');
     for r in rows {
@@ -243,16 +224,7 @@ pub fn to_csv(rows: &[UsageRow], dims: &[Dim]) -> String {
             .map(|(d, v)| csv_cell(&key_text(*d, v)))
             .collect();
         let s = &r.sums;
-        for v in [
-            s.requests,
-            s.errors,
-            s.fallbacks,
-            s.partials,
-            s.input_tokens,
-            s.output_tokens,
-            s.cached_tokens,
-            s.reasoning_tokens,
-        ] {
+        for (_, v) in s.counts() {
             cells.push(v.to_string());
         }
         cells.push(crate::price::usd_decimal(usd(s.cost_pico).0));

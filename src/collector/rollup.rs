@@ -157,6 +157,20 @@ fn clamp(n: u64) -> i64 {
 }
 
 impl Sums {
+    /// The counts `/v1/usage` reports, under their API names, in column order.
+    pub fn counts(&self) -> [(&'static str, i64); 8] {
+        [
+            ("requests", self.requests),
+            ("errors", self.errors),
+            ("fallbacks", self.fallbacks),
+            ("partial", self.partials),
+            ("input_tokens", self.input_tokens),
+            ("output_tokens", self.output_tokens),
+            ("cached_tokens", self.cached_tokens),
+            ("reasoning_tokens", self.reasoning_tokens),
+        ]
+    }
+
     pub fn merge(&mut self, o: &Sums) {
         self.requests += o.requests;
         self.errors += o.errors;

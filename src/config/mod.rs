@@ -548,7 +548,18 @@ fn compile_telemetry(
             "must be between 10ms and 60s",
         ));
     }
+    let gzip = match t.compression.as_str() {
+        "gzip" => true,
+        "none" => false,
+        other => {
+            return Err(ConfigError::new(
+                "telemetry.compression",
+                format!("{other:?} is not one of gzip, none"),
+            ))
+        }
+    };
     Ok(Some(crate::events::Settings {
+        gzip,
         collector: collector.trim_end_matches('/').to_string(),
         token,
         spool_dir: spool_dir.into(),

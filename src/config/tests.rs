@@ -180,6 +180,30 @@ fn teams_and_telemetry_are_validated() {
     assert_eq!(e.field, "teams.t.models[0]");
     let e = err(&format!("{base}telemetry: {{ collector: \"nope\" }}\n"));
     assert_eq!(e.field, "telemetry.collector");
+    for (bad, field) in [
+        ("compression: zstd", "telemetry.compression"),
+        ("spool_max_bytes: 10", "telemetry.spool_max_bytes"),
+        ("batch: { max_events: 0 }", "telemetry.batch.max_events"),
+        ("batch: { max_wait: 5m }", "telemetry.batch.max_wait"),
+        ("spool_dir: \"\"", "telemetry.spool_dir"),
+    ] {
+        let e = err(&format!(
+            "{base}telemetry: {{ collector: \"http://c:7070\", {bad} }}\n"
+        ));
+        assert_eq!(e.field, field, "{bad}");
+    }
+    // The token never shows in /config.
+    let p = from_str(
+        &format!("{base}telemetry: {{ collector: \"http://c:7070\", token: sy-secret-token }}\n"),
+        &env(),
+        1,
+    )
+    .unwrap();
+    assert!(!p.redacted.to_string().contains("sy-secret-token"));
+    assert_eq!(
+        p.telemetry.unwrap().token.as_deref(),
+        Some("sy-secret-token")
+    );
     let ok = format!(
         "{base}teams:\n  t: {{ keys: [\"sha256:{}\"], budget: {{ usd: 5, per: day }}, limits: {{ rpm: 5 }} }}\ntelemetry: {{ collector: \"http://c:7070\" }}\n",
         "a".repeat(64)

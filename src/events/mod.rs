@@ -35,6 +35,8 @@ pub struct Settings {
     pub spool_max_bytes: u64,
     pub max_events: usize,
     pub max_wait: Duration,
+    /// Batches go gzip-compressed (else plain NDJSON).
+    pub gzip: bool,
 }
 
 enum Msg {

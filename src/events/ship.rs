@@ -311,7 +311,11 @@ impl Shipper {
 
     /// One POST; returns how many lines the collector rejected as malformed.
     async fn send(&mut self, settings: &Settings, batch: &Batch) -> Result<u64, SendError> {
-        let body = self.gzip.compress(&batch.ndjson);
+        let body = if settings.gzip {
+            self.gzip.compress(&batch.ndjson)
+        } else {
+            Vec::new()
+        };
         let url = format!("{}/v1/events", settings.collector.trim_end_matches('/'));
         let mut req = self
             .client

@@ -203,15 +203,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<(String, String)>, sqlx::Error> {
         let postgres = matches!(self, Store::Postgres(_));
-        let mut n = 0;
-        let mut ph = || {
-            n += 1;
-            if postgres {
-                format!("${n}")
-            } else {
-                "?".to_string()
-            }
-        };
+        let mut ph = placeholders(postgres);
         let id = if postgres { "id::text" } else { "id" };
         let mut sql = format!(
             "SELECT {id}, body FROM events WHERE ts_ms >= {} AND ts_ms < {}",
@@ -298,4 +290,17 @@ fn delta_of(batch: &[&Incoming], new_ids: &HashSet<uuid::Uuid>) -> Delta {
 pub enum Bind {
     Int(i64),
     Text(String),
+}
+
+/// Bind placeholders in order: `?` for SQLite, `$1`, `$2`, … for PostgreSQL.
+fn placeholders(postgres: bool) -> impl FnMut() -> String {
+    let mut n = 0;
+    move || {
+        n += 1;
+        if postgres {
+            format!("${n}")
+        } else {
+            "?".to_string()
+        }
+    }
 }

@@ -242,16 +242,7 @@ pub(super) async fn read(
     to: i64,
     rows: &mut BTreeMap<Vec<KeyValue>, UsageRow>,
 ) -> Result<(), sqlx::Error> {
-    let postgres = matches!(store, Store::Postgres(_));
-    let mut n = 0;
-    let mut ph = || {
-        n += 1;
-        if postgres {
-            format!("${n}")
-        } else {
-            "?".to_string()
-        }
-    };
+    let mut ph = super::placeholders(matches!(store, Store::Postgres(_)));
     let mut sql = format!(
         "SELECT {DIMS}, {}, latency FROM {} WHERE hour >= {} AND hour < {}",
         SUMS.join(", "),
