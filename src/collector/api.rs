@@ -123,6 +123,7 @@ async fn ingest(State(app): AppState, headers: HeaderMap, body: Bytes) -> Respon
     };
     let mut batch = Vec::new();
     let mut rejected = 0u64;
+    // (stored through the group-commit workers, see `ingest`)
     for line in text.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -145,11 +146,11 @@ async fn ingest(State(app): AppState, headers: HeaderMap, body: Bytes) -> Respon
         tracing::warn!(rejected, "ingest: malformed usage events rejected");
     }
     let start = Instant::now();
-    let backend = match app.store {
+    let backend = match *app.store {
         super::store::Store::Sqlite { .. } => "sqlite",
         super::store::Store::Postgres(_) => "postgres",
     };
-    match app.store.ingest(&mut batch).await {
+    match app.ingest.submit(batch).await {
         Ok(s) => {
             m.ingest_seconds
                 .with_label_values(&[backend])

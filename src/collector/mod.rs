@@ -8,6 +8,7 @@ pub mod auth;
 pub mod budgets;
 pub mod config;
 mod dashboard;
+mod ingest;
 pub mod query;
 pub mod report;
 pub mod rollup;
@@ -20,7 +21,8 @@ use std::time::Duration;
 
 pub struct App {
     pub cfg: config::CollectorConfig,
-    pub store: store::Store,
+    pub store: Arc<store::Store>,
+    pub ingest: ingest::Ingestor,
     pub metrics: Metrics,
 }
 
@@ -54,7 +56,7 @@ impl Metrics {
         let ingest_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "switchyard_collector_ingest_seconds",
-                "Time to store one batch, transaction commit included",
+                "Time from a batch's arrival to its commit (the group commit it joined included)",
             )
             .buckets(vec![
                 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -100,7 +102,13 @@ pub fn run(config_path: &Path) -> Result<(), String> {
 }
 
 pub async fn serve(cfg: config::CollectorConfig) -> Result<(), String> {
-    let store = store::Store::open(&cfg.database).await?;
+    let store = Arc::new(store::Store::open(&cfg.database).await?);
+    // SQLite has one writer; PostgreSQL takes two group commits at once.
+    let workers = match *store {
+        store::Store::Sqlite { .. } => 1,
+        store::Store::Postgres(_) => 2,
+    };
+    let ingest = ingest::Ingestor::start(store.clone(), workers);
     let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -113,6 +121,7 @@ pub async fn serve(cfg: config::CollectorConfig) -> Result<(), String> {
     let app = Arc::new(App {
         cfg,
         store,
+        ingest,
         metrics,
     });
     tokio::spawn(retention(app.clone()));

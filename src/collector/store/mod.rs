@@ -114,6 +114,18 @@ impl Store {
 
     /// Stores a batch in one transaction; returns how many were new.
     pub async fn ingest(&self, batch: &mut [Incoming]) -> Result<Stored, sqlx::Error> {
+        let stored = self.ingest_new(batch).await?.len() as u64;
+        Ok(Stored {
+            stored,
+            duplicates: batch.len() as u64 - stored,
+        })
+    }
+
+    /// Stores a batch in one transaction; returns the ids that were new.
+    pub async fn ingest_new(
+        &self,
+        batch: &mut [Incoming],
+    ) -> Result<HashSet<uuid::Uuid>, sqlx::Error> {
         // One order for every writer: concurrent batches lock rows the same way round.
         batch.sort_unstable_by_key(|i| i.event.id);
         let mut seen = HashSet::with_capacity(batch.len());
@@ -176,11 +188,7 @@ impl Store {
                 new_ids
             }
         };
-        let stored = new_ids.len() as u64;
-        Ok(Stored {
-            stored,
-            duplicates: batch.len() as u64 - stored,
-        })
+        Ok(new_ids)
     }
 
     /// Sums and latency per group, from the roll-ups: whole days from the daily level, the
