@@ -242,6 +242,30 @@ impl UsageEvent {
     }
 }
 
+/// Whether any byte is a control character, `"` or `\\`: eight bytes at a time (a byte
+/// flagged falsely next to a true one only sends the string down the careful path).
+fn needs_escape(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(c);
+        let x = u64::from_le_bytes(b);
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        let quote = zero_byte(x ^ (ONES * u64::from(b'"')));
+        let backslash = zero_byte(x ^ (ONES * u64::from(b'\\')));
+        if control | quote | backslash != 0 {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
 /// A JSON line being written.
 struct Line(Vec<u8>);
 
@@ -278,6 +302,12 @@ impl Line {
     /// A JSON string: quotes, backslashes and control characters escaped.
     fn string(&mut self, s: &str) {
         self.0.push(b'"');
+        if !needs_escape(s.as_bytes()) {
+            // Names from the policy and model ids: almost always the whole string as is.
+            self.0.extend_from_slice(s.as_bytes());
+            self.0.push(b'"');
+            return;
+        }
         let mut start = 0;
         for (i, &b) in s.as_bytes().iter().enumerate() {
             if b >= 0x20 && b != b'"' && b != b'\\' {
@@ -370,6 +400,33 @@ mod tests {
         e.cost_usd = Usd(123_456_789_000_000_000_001);
         e.input_tokens = u64::MAX;
         same(&e);
+    }
+
+    #[test]
+    fn the_escape_check_misses_nothing() {
+        for s in [
+            "",
+            "plain-model-name",
+            "gpt-4o-mini-2024-07-18",
+            "ünïcødé 😀 text",
+        ] {
+            assert!(!needs_escape(s.as_bytes()), "{s}");
+        }
+        for bad in ["\"", "\\", "\n", "\u{1f}"] {
+            for at in 0..20 {
+                let s = format!("{}{bad}{}", "a".repeat(at), "é".repeat(3));
+                assert!(needs_escape(s.as_bytes()), "{s:?}");
+            }
+        }
+        // Every single byte, in every lane.
+        for b in 0u8..=255 {
+            for lane in 0..8 {
+                let mut v = vec![b'x'; 8];
+                v[lane] = b;
+                let want = b < 0x20 || b == b'"' || b == b'\\';
+                assert_eq!(needs_escape(&v), want, "byte {b} lane {lane}");
+            }
+        }
     }
 
     #[test]
