@@ -336,6 +336,62 @@ async fn collector_killed_and_restarted_postgres() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_database_loses_nothing() {
+    let db = PgDb::create();
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(dir.path(), &[]);
+    let collector = Collector::start(dir.path(), &db.url());
+    let spool = dir.path().join("spool");
+    let sidecar = start_proxy(
+        dir.path(),
+        &policy(
+            &mock,
+            "research",
+            &telemetry_yaml(collector.port, &spool, ""),
+        ),
+    );
+    let mut used = traffic(&sidecar.url(), 20).await;
+    collector.wait_requests(20, "before the outage").await;
+
+    // The database goes away under the collector: its connections cut, new ones refused.
+    psql(&format!(
+        "ALTER DATABASE {0} ALLOW_CONNECTIONS false; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{0}'",
+        db.name
+    ));
+    // The request path does not notice; the events wait in the spool.
+    used.add(traffic(&sidecar.url(), 20).await);
+    sidecar
+        .wait_metric("switchyard_events_retried_total", 1.0, "deliveries failing")
+        .await;
+    let ready = reqwest::get(format!("{}/readyz", collector.url()))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503, "readyz follows the database");
+    let m = reqwest::get(format!("{}/metrics", collector.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metric_value(
+            &m,
+            "switchyard_collector_batches_total{result=\"db_error\"}"
+        ) >= 1.0
+    );
+
+    psql(&format!(
+        "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+        db.name
+    ));
+    collector
+        .wait_requests(40, "every event once the database is back")
+        .await;
+    assert_totals(&collector, used).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_killed_mid_traffic_replays_its_spool() {
     let dir = tempfile::tempdir().unwrap();
     let mock = Mock::start(dir.path(), &[]);

@@ -341,7 +341,7 @@ impl Drop for PgDb {
     }
 }
 
-fn psql(sql: &str) {
+pub fn psql(sql: &str) {
     let out = Command::new("psql")
         .args([
             "-h",
