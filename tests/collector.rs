@@ -336,6 +336,39 @@ async fn collector_killed_and_restarted_postgres() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_delivers_what_is_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(dir.path(), &[]);
+    let db = format!("sqlite://{}", dir.path().join("usage.db").display());
+    let collector = Collector::start(dir.path(), &db);
+    let spool = dir.path().join("spool");
+    // Batches that would not go out for a minute on their own.
+    let telemetry = format!(
+        "telemetry:\n  collector: \"{}\"\n  token: \"{INGEST_TOKEN}\"\n  spool_dir: \"{}\"\n  batch: {{ max_events: 10000, max_wait: 60s }}\n",
+        collector.url(),
+        spool.display()
+    );
+    let mut sidecar = start_proxy(dir.path(), &policy(&mock, "research", &telemetry));
+    let used = traffic(&sidecar.url(), 25).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        collector.requests().await,
+        0,
+        "nothing shipped before the stop"
+    );
+    sidecar.proc.signal(libc::SIGTERM);
+    let status = sidecar
+        .proc
+        .wait_exit(Duration::from_secs(15))
+        .expect("exits");
+    assert!(status.success(), "{}", sidecar.proc.log_text());
+    collector
+        .wait_requests(25, "delivered while stopping")
+        .await;
+    assert_totals(&collector, used).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_database_loses_nothing() {
     let db = PgDb::create();
     let dir = tempfile::tempdir().unwrap();
