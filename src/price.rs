@@ -60,13 +60,20 @@ pub fn pico_per_mtok(usd: f64) -> Option<u64> {
 
 /// An exact decimal USD string (`0.00000006`) of an atto-dollar amount.
 pub fn usd_decimal(atto: Atto) -> String {
+    let mut out = Vec::with_capacity(40);
+    write_usd(atto, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// `usd_decimal`, appended to `out`.
+pub fn write_usd(atto: Atto, out: &mut Vec<u8>) {
     // Every usage event prints one: digits by hand, no formatting machinery.
     let whole = atto / ATTO_PER_USD;
     let frac = (atto % ATTO_PER_USD) as u64;
-    let mut out = match u64::try_from(whole) {
-        Ok(w) => itoa::Buffer::new().format(w).to_string(),
-        Err(_) => whole.to_string(),
-    };
+    match u64::try_from(whole) {
+        Ok(w) => out.extend_from_slice(itoa::Buffer::new().format(w).as_bytes()),
+        Err(_) => out.extend_from_slice(itoa::Buffer::new().format(whole).as_bytes()),
+    }
     if frac != 0 {
         let mut digits = [b'0'; 18];
         let mut f = frac;
@@ -75,10 +82,9 @@ pub fn usd_decimal(atto: Atto) -> String {
             f /= 10;
         }
         let end = digits.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1);
-        out.push('.');
-        out.push_str(std::str::from_utf8(&digits[..end]).unwrap_or_default());
+        out.push(b'.');
+        out.extend_from_slice(&digits[..end]);
     }
-    out
 }
 
 /// An atto-dollar amount as float USD, for Prometheus counters (which are floats anyway).

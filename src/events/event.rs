@@ -89,26 +89,50 @@ pub struct Usd(pub Atto);
 /// RFC 3339 in UTC with milliseconds (`2026-11-23T09:34:15.371Z`), written digit by digit:
 /// chrono's general formatter costs more than the rest of the event together.
 fn ts_millis<S: Serializer>(ts: &chrono::DateTime<chrono::Utc>, s: S) -> Result<S::Ok, S::Error> {
-    use chrono::{Datelike, Timelike};
-    let year = ts.year();
-    if !(0..=9999).contains(&year) {
-        return s.serialize_str(&ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    match ts_text(ts) {
+        Some(b) => s.serialize_str(std::str::from_utf8(&b).unwrap_or_default()),
+        None => s.serialize_str(&ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
     }
+}
+
+/// The text of `ts_millis` for years 0–9999 (`None` outside them). The calendar date is
+/// worked out once a day per thread; the time of day is arithmetic on the milliseconds.
+fn ts_text(ts: &chrono::DateTime<chrono::Utc>) -> Option<[u8; 24]> {
+    use chrono::Datelike;
+    use std::cell::Cell;
+    thread_local! {
+        static DATE: Cell<(i64, [u8; 11])> = const { Cell::new((i64::MIN, [0; 11])) };
+    }
+    let millis = ts.timestamp_millis();
+    let day = millis.div_euclid(86_400_000);
     let mut b = *b"0000-00-00T00:00:00.000Z";
-    let mut put = |at: usize, width: usize, mut v: u32| {
+    let put = |b: &mut [u8; 24], at: usize, width: usize, mut v: u32| {
         for i in (at..at + width).rev() {
             b[i] = b'0' + (v % 10) as u8;
             v /= 10;
         }
     };
-    put(0, 4, year as u32);
-    put(5, 2, ts.month());
-    put(8, 2, ts.day());
-    put(11, 2, ts.hour());
-    put(14, 2, ts.minute());
-    put(17, 2, ts.second());
-    put(20, 3, ts.timestamp_subsec_millis().min(999));
-    s.serialize_str(std::str::from_utf8(&b).unwrap_or_default())
+    let (cached_day, date) = DATE.get();
+    if cached_day == day {
+        b[..11].copy_from_slice(&date);
+    } else {
+        let year = ts.year();
+        if !(0..=9999).contains(&year) {
+            return None;
+        }
+        put(&mut b, 0, 4, year as u32);
+        put(&mut b, 5, 2, ts.month());
+        put(&mut b, 8, 2, ts.day());
+        let mut date = [0; 11];
+        date.copy_from_slice(&b[..11]);
+        DATE.set((day, date));
+    }
+    let of_day = millis.rem_euclid(86_400_000) as u32;
+    put(&mut b, 11, 2, of_day / 3_600_000);
+    put(&mut b, 14, 2, of_day / 60_000 % 60);
+    put(&mut b, 17, 2, of_day / 1000 % 60);
+    put(&mut b, 20, 3, of_day % 1000);
+    Some(b)
 }
 
 impl Serialize for Usd {
@@ -172,12 +196,38 @@ pub fn parse_usd(text: &str) -> Result<Atto, String> {
     }
 }
 
+/// A new event id: UUIDv7 (RFC 9562) for the millisecond `ts`, with 74 random bits from
+/// the thread's generator. `Uuid::now_v7` asks the kernel for randomness on every call,
+/// which costs more than the rest of the event; ids need uniqueness, not secrecy, and the
+/// generator is seeded per thread from the OS.
+pub fn new_id(ts: &chrono::DateTime<chrono::Utc>) -> uuid::Uuid {
+    let millis = u128::from(ts.timestamp_millis().max(0) as u64 & 0xFFFF_FFFF_FFFF);
+    let rand_a = u128::from(fastrand::u16(..) & 0x0FFF);
+    let rand_b = u128::from(fastrand::u64(..) & 0x3FFF_FFFF_FFFF_FFFF);
+    uuid::Uuid::from_u128(millis << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b)
+}
+
+/// `",\"name\":"`: a field's key as one literal, so writing it is a single copy.
+macro_rules! key {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":")
+    };
+}
+
 impl UsageEvent {
     /// One NDJSON line (no newline), exactly what the derived `Serialize` writes (a test
     /// holds the two equal, field by field), without serde's per-field machinery: every
     /// request pays for this line, and by hand it costs a quarter as much.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut w = Line(Vec::with_capacity(768));
+        let mut out = Vec::new();
+        self.write_json(&mut out);
+        out
+    }
+
+    /// `to_json`, appended to `out` (the spool writer's buffer: no copy of its own).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.reserve(1024);
+        let mut w = Line(out);
         w.raw("{\"v\":");
         w.num(u64::from(self.v));
         w.raw(",\"id\":\"");
@@ -187,89 +237,91 @@ impl UsageEvent {
                 .encode_lower(&mut uuid::Uuid::encode_buffer()),
         );
         w.raw("\",\"ts\":");
-        let mut ts = Vec::with_capacity(26);
-        if ts_millis(&self.ts, &mut serde_json::Serializer::new(&mut ts)).is_ok() {
-            w.0.extend_from_slice(&ts);
+        match ts_text(&self.ts) {
+            Some(text) => {
+                w.0.push(b'"');
+                w.0.extend_from_slice(&text);
+                w.0.push(b'"');
+            }
+            None => w.string(&self.ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         }
-        for (k, v) in [
-            ("namespace", &self.namespace),
-            ("pod", &self.pod),
-            ("service", &self.service),
-            ("node", &self.node),
-            ("team", &self.team),
-        ] {
-            w.field_str(k, v);
-        }
+        w.field_str(key!("namespace"), &self.namespace);
+        w.field_str(key!("pod"), &self.pod);
+        w.field_str(key!("service"), &self.service);
+        w.field_str(key!("node"), &self.node);
+        w.field_str(key!("team"), &self.team);
         if let Some(k) = &self.key_id {
-            w.field_str("key_id", k);
+            w.field_str(key!("key_id"), k);
         }
-        w.field_str("route", &self.route);
+        w.field_str(key!("route"), &self.route);
         if let Some(m) = &self.requested_model {
-            w.field_str("requested_model", m);
+            w.field_str(key!("requested_model"), m);
         }
-        w.field_str("model", &self.model);
-        w.field_str("provider", &self.provider);
-        w.field_num("attempts", u64::from(self.attempts));
-        w.field_bool("fallback", self.fallback);
-        w.field_num("status", u64::from(self.status));
+        w.field_str(key!("model"), &self.model);
+        w.field_str(key!("provider"), &self.provider);
+        w.field_num(key!("attempts"), u64::from(self.attempts));
+        w.field_bool(key!("fallback"), self.fallback);
+        w.field_num(key!("status"), u64::from(self.status));
         if let Some(c) = &self.error_code {
-            w.field_str("error_code", c);
+            w.field_str(key!("error_code"), c);
         }
-        w.field_bool("stream", self.stream);
-        w.field_bool("partial", self.partial);
-        w.field_num("input_tokens", self.input_tokens);
-        w.field_num("output_tokens", self.output_tokens);
-        w.field_num("cached_tokens", self.cached_tokens);
-        w.field_num("cache_write_tokens", self.cache_write_tokens);
-        w.field_num("reasoning_tokens", self.reasoning_tokens);
-        w.raw(",\"cost_usd\":");
-        w.raw(&crate::price::usd_decimal(self.cost_usd.0));
-        w.field_num("latency_ms", self.latency_ms);
+        w.field_bool(key!("stream"), self.stream);
+        w.field_bool(key!("partial"), self.partial);
+        w.field_num(key!("input_tokens"), self.input_tokens);
+        w.field_num(key!("output_tokens"), self.output_tokens);
+        w.field_num(key!("cached_tokens"), self.cached_tokens);
+        w.field_num(key!("cache_write_tokens"), self.cache_write_tokens);
+        w.field_num(key!("reasoning_tokens"), self.reasoning_tokens);
+        w.raw(key!("cost_usd"));
+        crate::price::write_usd(self.cost_usd.0, w.0);
+        w.field_num(key!("latency_ms"), self.latency_ms);
         if let Some(t) = self.ttft_ms {
-            w.field_num("ttft_ms", t);
+            w.field_num(key!("ttft_ms"), t);
         }
-        w.field_num("overhead_us", self.overhead_us);
+        w.field_num(key!("overhead_us"), self.overhead_us);
         w.raw(",\"policy_version\":{\"generation\":");
         w.num(self.policy_version.generation);
-        w.field_str("sha256", &self.policy_version.sha256);
+        w.field_str(key!("sha256"), &self.policy_version.sha256);
         w.raw("},\"decision\":{\"strategy\":");
         w.string(&self.decision.strategy);
         if let Some(r) = &self.decision.reason {
-            w.field_str("reason", r);
+            w.field_str(key!("reason"), r);
         }
         w.raw("}}");
-        w.0
     }
 }
 
-/// Whether any byte is a control character, `"` or `\\`: eight bytes at a time (a byte
-/// flagged falsely next to a true one only sends the string down the careful path).
+/// Whether any byte is a control character, `"` or `\\`: eight bytes at a time, the last
+/// eight overlapping the one before and a short string padded with spaces, so no byte is
+/// ever looked at alone (a byte flagged falsely next to a true one only sends the string
+/// down the careful path).
 fn needs_escape(s: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-    let mut chunks = s.chunks_exact(8);
-    for c in &mut chunks {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(c);
+    let flagged = |c: &[u8]| {
+        let mut b = [b' '; 8];
+        b[..c.len()].copy_from_slice(c);
         let x = u64::from_le_bytes(b);
         let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
         let quote = zero_byte(x ^ (ONES * u64::from(b'"')));
         let backslash = zero_byte(x ^ (ONES * u64::from(b'\\')));
-        if control | quote | backslash != 0 {
-            return true;
-        }
+        control | quote | backslash != 0
+    };
+    if s.len() <= 8 {
+        return flagged(s);
     }
-    chunks
-        .remainder()
-        .iter()
-        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    let mut chunks = s.chunks_exact(8);
+    if chunks.any(flagged) {
+        return true;
+    }
+    !chunks.remainder().is_empty() && flagged(&s[s.len() - 8..])
 }
 
-/// A JSON line being written.
-struct Line(Vec<u8>);
+/// A JSON line being written; keys are whole literals made by `key!`.
+struct Line<'a>(&'a mut Vec<u8>);
 
-impl Line {
+impl Line<'_> {
     fn raw(&mut self, s: &str) {
         self.0.extend_from_slice(s.as_bytes());
     }
@@ -278,24 +330,18 @@ impl Line {
         self.raw(itoa::Buffer::new().format(n));
     }
 
-    fn key(&mut self, k: &str) {
-        self.0.extend_from_slice(b",\"");
-        self.raw(k);
-        self.0.extend_from_slice(b"\":");
-    }
-
-    fn field_str(&mut self, k: &str, v: &str) {
-        self.key(k);
+    fn field_str(&mut self, key: &str, v: &str) {
+        self.raw(key);
         self.string(v);
     }
 
-    fn field_num(&mut self, k: &str, n: u64) {
-        self.key(k);
+    fn field_num(&mut self, key: &str, n: u64) {
+        self.raw(key);
         self.num(n);
     }
 
-    fn field_bool(&mut self, k: &str, b: bool) {
-        self.key(k);
+    fn field_bool(&mut self, key: &str, b: bool) {
+        self.raw(key);
         self.raw(if b { "true" } else { "false" });
     }
 
@@ -418,20 +464,51 @@ mod tests {
                 assert!(needs_escape(s.as_bytes()), "{s:?}");
             }
         }
-        // Every single byte, in every lane.
+        // Every single byte, at every place of every length up to three words.
         for b in 0u8..=255 {
-            for lane in 0..8 {
-                let mut v = vec![b'x'; 8];
-                v[lane] = b;
-                let want = b < 0x20 || b == b'"' || b == b'\\';
-                assert_eq!(needs_escape(&v), want, "byte {b} lane {lane}");
+            let want = b < 0x20 || b == b'"' || b == b'\\';
+            for len in 1..=24 {
+                for at in 0..len {
+                    let mut v = vec![b'x'; len];
+                    v[at] = b;
+                    assert_eq!(needs_escape(&v), want, "byte {b} at {at} of {len}");
+                }
             }
         }
     }
 
     #[test]
+    fn ids_are_uuid_v7_of_the_events_millisecond() {
+        use chrono::TimeZone;
+        let ts = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
+            .unwrap()
+            + chrono::Duration::milliseconds(345);
+        let ids: std::collections::HashSet<uuid::Uuid> = (0..10_000).map(|_| new_id(&ts)).collect();
+        assert_eq!(ids.len(), 10_000, "unique within one millisecond");
+        for id in ids.iter().take(100) {
+            assert_eq!(id.get_version_num(), 7);
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+            let (secs, nanos) = id.get_timestamp().unwrap().to_unix();
+            assert_eq!((secs, nanos / 1_000_000), (ts.timestamp() as u64, 345));
+        }
+        // Later milliseconds sort later, as the collector's paging expects.
+        assert!(new_id(&(ts + chrono::Duration::milliseconds(1))) > *ids.iter().max().unwrap());
+    }
+
+    #[test]
     fn timestamps_are_rfc3339_millis() {
         use chrono::TimeZone;
+        // Across days, years and the epoch, whatever date the thread saw before.
+        let start = chrono::Utc
+            .with_ymd_and_hms(1969, 12, 31, 23, 0, 0)
+            .unwrap();
+        for step in 0..2000i64 {
+            let ts =
+                start + chrono::Duration::milliseconds(step * 7_777_777_777 % 1_000_000_000_000);
+            let want = ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            assert_eq!(std::str::from_utf8(&ts_text(&ts).unwrap()).unwrap(), want);
+        }
         let mut e = sample();
         e.ts = chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()
             + chrono::Duration::milliseconds(67);

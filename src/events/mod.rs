@@ -142,7 +142,8 @@ fn write_loop(
     shipper: &ship::Handle,
     max_events: usize,
 ) {
-    let mut payloads = Vec::with_capacity(256);
+    // Events are serialised straight into the framed write, in a buffer kept across writes.
+    let mut batch = spool::Frames::default();
     let mut flushes = Vec::new();
     loop {
         let first = match rx.recv_timeout(SYNC_EVERY) {
@@ -160,16 +161,16 @@ fn write_loop(
             .chain(std::iter::from_fn(|| rx.try_recv().ok()))
         {
             match msg {
-                Msg::Event(e) => payloads.push(e.to_json()),
+                Msg::Event(e) => batch.push(|buf| e.write_json(buf)),
                 Msg::Flush(done) => flushes.push(done),
             }
-            if payloads.len() >= 4096 {
+            if batch.len() >= 4096 {
                 break;
             }
         }
-        if !payloads.is_empty() {
-            let n = payloads.len() as i64;
-            match spool.append(&payloads) {
+        if !batch.is_empty() {
+            let n = (batch.len() as u64 + batch.rejected()) as i64;
+            match spool.append_framed(&batch) {
                 Ok(out) => {
                     // `queued` counts events from `record` until the collector acknowledges
                     // them; dropped ones leave it here.
@@ -192,7 +193,7 @@ fn write_loop(
                 }
             }
             metrics.spooled_bytes.set(spool.bytes() as i64);
-            payloads.clear();
+            batch.clear();
             if spool.pending() as usize >= max_events {
                 shipper.wake();
             }

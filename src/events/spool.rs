@@ -90,6 +90,57 @@ pub struct Appended {
     pub dropped: u64,
 }
 
+/// Records framed for one `append_framed`, each payload written in place behind room for
+/// its header, which is filled in after: no copy of the payload, and the buffer is reused.
+#[derive(Default)]
+pub struct Frames {
+    buf: Vec<u8>,
+    /// Where each record ends in `buf`.
+    ends: Vec<usize>,
+    /// Payloads refused for their size (empty, or over `MAX_RECORD`).
+    rejected: u64,
+}
+
+impl Frames {
+    /// Adds one record whose payload `write` appends to the buffer it is given.
+    pub fn push(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0; HEADER]);
+        write(&mut self.buf);
+        let len = self.buf.len() - start - HEADER;
+        if len == 0 || len > MAX_RECORD {
+            self.buf.truncate(start);
+            self.rejected += 1;
+            return;
+        }
+        let crc = crc32fast::hash(&self.buf[start + HEADER..]);
+        self.buf[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+        self.buf[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+        self.ends.push(self.buf.len());
+    }
+
+    /// Records pushed (refused ones not included).
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Payloads refused for their size.
+    pub fn rejected(&self) -> u64 {
+        self.rejected
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty() && self.rejected == 0
+    }
+
+    /// Empties the batch, keeping its memory.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.ends.clear();
+        self.rejected = 0;
+    }
+}
+
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("seg-{id:020}.log"))
 }
@@ -207,36 +258,37 @@ impl Spool {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends events (each one JSON payload). What does not fit under the size cap is
-    /// dropped and reported. One write per call, so a reader never sees half a record.
+    /// Appends events (each one JSON payload); see `append_framed`.
     pub fn append(&self, payloads: &[Vec<u8>]) -> Result<Appended, String> {
+        let mut frames = Frames::default();
+        for p in payloads {
+            frames.push(|buf| buf.extend_from_slice(p));
+        }
+        self.append_framed(&frames)
+    }
+
+    /// Appends framed records. The records that do not fit under the size cap (the last
+    /// ones: the spool keeps the older events) are dropped and reported. One write per
+    /// call, so a reader never sees half a record.
+    pub fn append_framed(&self, batch: &Frames) -> Result<Appended, String> {
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
         let room = {
             let idx = self.index();
             self.max_bytes.saturating_sub(idx.total_bytes)
         };
-        let mut buf = Vec::new();
-        let mut out = Appended::default();
-        for p in payloads {
-            if p.is_empty() || p.len() > MAX_RECORD {
-                out.dropped += 1;
-                continue;
-            }
-            if (buf.len() + HEADER + p.len()) as u64 > room {
-                out.dropped += 1;
-                continue;
-            }
-            buf.extend_from_slice(&(p.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&crc32fast::hash(p).to_le_bytes());
-            buf.extend_from_slice(p);
-            out.written += 1;
-        }
-        if buf.is_empty() {
+        let fit = batch.ends.partition_point(|&end| end as u64 <= room);
+        let bytes = if fit == 0 { 0 } else { batch.ends[fit - 1] };
+        let out = Appended {
+            written: fit as u64,
+            dropped: batch.rejected + (batch.ends.len() - fit) as u64,
+        };
+        if bytes == 0 {
             return Ok(out);
         }
+        let buf = &batch.buf[..bytes];
         active
             .file
-            .write_all(&buf)
+            .write_all(buf)
             .map_err(|e| io("write", &segment_path(&self.dir, active.id), e))?;
         active.dirty = true;
         let rotate = {
@@ -325,6 +377,8 @@ impl Spool {
                 buf.resize(n, 0);
                 f.read_exact_at(&mut buf, pos.offset)
                     .map_err(|e| io("read", &path, e))?;
+                // The payloads are about all of the chunk: one allocation for them.
+                batch.ndjson.reserve(n);
                 let mut at = 0;
                 let mut short = None;
                 while batch.events < max_events {

@@ -45,10 +45,11 @@ pub(super) fn event(ctx: &Ctx, status: u16) -> Option<UsageEvent> {
         ))),
         _ => None,
     };
+    let ts = chrono::Utc::now().trunc_subsecs(3);
     Some(UsageEvent {
         v: crate::events::event::VERSION,
-        id: uuid::Uuid::now_v7(),
-        ts: chrono::Utc::now().trunc_subsecs(3),
+        id: crate::events::event::new_id(&ts),
+        ts,
         namespace: policy.pod.namespace.clone(),
         pod: policy.pod.pod.clone(),
         service: policy.pod.service.clone(),
