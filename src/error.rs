@@ -8,6 +8,14 @@ pub enum ErrorCode {
     InvalidRequest,
     ModelNotFound,
     HostNotAllowed,
+    /// A missing or unknown virtual key where one is required.
+    Unauthorized,
+    /// The caller's key, team or org may not use the requested model.
+    ModelNotAllowed,
+    /// An `rpm` or `tpm` limit: try again after `Retry-After`.
+    RateLimited,
+    /// A budget with `on_exceed: reject` cannot cover the request's worst case.
+    BudgetExceeded,
     MethodNotAllowed,
     PayloadTooLarge,
     HeaderTooLarge,
@@ -24,6 +32,10 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::ModelNotFound => "model_not_found",
             ErrorCode::HostNotAllowed => "host_not_allowed",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::ModelNotAllowed => "model_not_allowed",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::BudgetExceeded => "budget_exceeded",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::HeaderTooLarge => "header_too_large",
@@ -40,6 +52,9 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => 400,
             ErrorCode::ModelNotFound => 404,
             ErrorCode::HostNotAllowed => 403,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::ModelNotAllowed => 403,
+            ErrorCode::RateLimited | ErrorCode::BudgetExceeded => 429,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::HeaderTooLarge => 431,
@@ -60,7 +75,10 @@ impl ErrorCode {
             | ErrorCode::PayloadTooLarge
             | ErrorCode::HeaderTooLarge
             | ErrorCode::RequestTimeout => "invalid_request_error",
-            ErrorCode::HostNotAllowed => "permission_error",
+            ErrorCode::HostNotAllowed | ErrorCode::ModelNotAllowed => "permission_error",
+            ErrorCode::Unauthorized => "authentication_error",
+            ErrorCode::RateLimited => "rate_limit_error",
+            ErrorCode::BudgetExceeded => "insufficient_quota",
             ErrorCode::Overloaded
             | ErrorCode::UpstreamUnavailable
             | ErrorCode::UpstreamTimeout
@@ -73,6 +91,8 @@ impl ErrorCode {
 pub struct ProxyError {
     pub code: ErrorCode,
     pub message: String,
+    /// Seconds for a `Retry-After` header (rate limits, budgets, overload).
+    pub retry_after: Option<u64>,
 }
 
 /// The longest message an error carries: whatever a client value it echoes, the answer
@@ -104,7 +124,14 @@ impl ProxyError {
         ProxyError {
             code,
             message: cut(message.into(), MAX_MESSAGE),
+            retry_after: None,
         }
+    }
+
+    /// The same error, telling the client when to come back.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn status(&self) -> u16 {
@@ -119,7 +146,9 @@ impl ProxyError {
             | ErrorCode::HeaderTooLarge
             | ErrorCode::RequestTimeout => "invalid_request_error",
             ErrorCode::ModelNotFound => "not_found_error",
-            ErrorCode::HostNotAllowed => "permission_error",
+            ErrorCode::HostNotAllowed | ErrorCode::ModelNotAllowed => "permission_error",
+            ErrorCode::Unauthorized => "authentication_error",
+            ErrorCode::RateLimited | ErrorCode::BudgetExceeded => "rate_limit_error",
             ErrorCode::PayloadTooLarge => "request_too_large",
             ErrorCode::Overloaded => "overloaded_error",
             ErrorCode::UpstreamUnavailable | ErrorCode::UpstreamTimeout | ErrorCode::Internal => {

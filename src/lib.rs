@@ -10,6 +10,7 @@ pub mod collector;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod governance;
 pub mod mock;
 pub mod policy;
 pub mod price;

@@ -67,6 +67,11 @@ enum Command {
     /// Make a new random token (collector ingest or reader): prints the token once, and the
     /// `sha256:` line to put in the config.
     Token,
+    /// Virtual keys for governance (`teams.<team>.keys`).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Run the bundled mock LLM upstream (OpenAI wire format).
     MockUpstream {
         #[arg(long, default_value_t = 9000)]
@@ -78,6 +83,19 @@ enum Command {
         record: bool,
         #[command(flatten)]
         knobs: switchyard::mock::Knobs,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a new virtual key: prints the key once (give it to its owner; it is not kept)
+    /// and the entry to paste under `teams.<team>.keys` in the policy.
+    New {
+        #[arg(long)]
+        team: String,
+        /// The key's name in events, metrics and the policy (e.g. alice-laptop).
+        #[arg(long)]
+        id: String,
     },
 }
 
@@ -177,6 +195,20 @@ fn main() -> ExitCode {
             println!(
                 "config: \"{}\"",
                 switchyard::collector::auth::hash_line(&token)
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Keys {
+            command: KeysCommand::New { team, id },
+        } => {
+            use switchyard::governance::identity;
+            let key = identity::new_key();
+            println!("key:    {key}");
+            println!("policy: (under teams.{team}.keys)");
+            println!(
+                "  - {{ id: {}, hash: \"{}\" }}",
+                serde_json::Value::from(id.as_str()),
+                identity::hash_line(&key)
             );
             ExitCode::SUCCESS
         }

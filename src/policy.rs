@@ -28,6 +28,9 @@ pub struct Policy {
     pub pod: PodIdentity,
     /// Usage-event shipping (`telemetry:` with a `collector`); `None`: no events.
     pub telemetry: Option<crate::events::Settings>,
+    /// `org:`, `teams:` and their keys, compiled for admission.
+    pub governance: crate::governance::Rules,
+    pub governance_settings: crate::config::governance::Settings,
     /// Reload generation and SHA-256 of the policy text, carried by every usage event.
     pub version: crate::events::PolicyVersion,
     pub providers: Vec<Provider>,

@@ -58,6 +58,26 @@ pub fn pico_per_mtok(usd: f64) -> Option<u64> {
         .checked_add(fraction.checked_mul(scale)?)
 }
 
+/// USD as the config writes it (a YAML float) to atto-dollars, digit by digit from the
+/// float's shortest decimal (see `pico_per_mtok`). `None` for a negative, non-finite or
+/// absurdly large value, or one with more than 18 decimals.
+pub fn atto_of_usd(usd: f64) -> Option<Atto> {
+    if !usd.is_finite() || !(0.0..=1e15).contains(&usd) {
+        return None;
+    }
+    let text = format!("{usd}");
+    let (int, frac) = text.split_once('.').unwrap_or((&text, ""));
+    if frac.len() > 18 {
+        return None;
+    }
+    let whole: Atto = int.parse().ok()?;
+    let mut fraction: Atto = 0;
+    for d in frac.bytes() {
+        fraction = fraction * 10 + Atto::from(d.checked_sub(b'0').filter(|d| *d <= 9)?);
+    }
+    Some(whole * ATTO_PER_USD + fraction * 10u128.pow(18 - frac.len() as u32))
+}
+
 /// An exact decimal USD string (`0.00000006`) of an atto-dollar amount.
 pub fn usd_decimal(atto: Atto) -> String {
     let mut out = Vec::with_capacity(40);

@@ -20,6 +20,9 @@ pub struct BodyProbe {
     pub stream: bool,
     /// `None`: no `stream_options` in the request; else its `include_usage`.
     pub include_usage: Option<bool>,
+    /// The client's output limit (`max_completion_tokens`, `max_tokens` or
+    /// `max_output_tokens`), for the worst case a budget reserves.
+    pub max_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -32,6 +35,14 @@ struct Probe<'a> {
     /// edits it as an object. Present in stream requests only, so rarely allocated.
     #[serde(default)]
     stream_options: Option<serde_json::Map<String, serde_json::Value>>,
+    // Kept raw: a value the provider would refuse (null, a float) is its business, not a
+    // reason for the proxy to call the body malformed.
+    #[serde(borrow, default)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_output_tokens: Option<&'a RawValue>,
 }
 
 /// Parses the body; `Ok(None)` when it is valid JSON without a `model` string.
@@ -76,6 +87,10 @@ pub fn probe(body: &[u8]) -> Result<Option<BodyProbe>, ProxyError> {
                 .and_then(serde_json::Value::as_bool)
                 .unwrap_or(false)
         }),
+        max_tokens: [p.max_completion_tokens, p.max_tokens, p.max_output_tokens]
+            .into_iter()
+            .flatten()
+            .find_map(|v| v.get().parse::<u64>().ok()),
     }))
 }
 

@@ -74,6 +74,19 @@ pub fn plan(policy: &Policy, input: &RouteInput<'_>) -> Result<Plan, ProxyError>
     }
 }
 
+/// The plan for a spent budget's `downgrade_to`: the route of that name, else the route
+/// (or catalog entry) a request for that model would get.
+pub fn plan_downgrade(
+    policy: &Policy,
+    to: &str,
+    input: &RouteInput<'_>,
+) -> Result<Plan, ProxyError> {
+    match policy.routes.iter().find(|r| &*r.name == to) {
+        Some(route) => plan_route(policy, route, input),
+        None => plan(policy, input),
+    }
+}
+
 fn model_not_found(model: &str) -> ProxyError {
     ProxyError::new(
         ErrorCode::ModelNotFound,

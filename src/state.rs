@@ -23,6 +23,8 @@ pub struct State {
     body_memory_cap: usize,
     /// Usage-event recorder, started once when the policy names a collector.
     pub events: std::sync::OnceLock<crate::events::Recorder>,
+    /// Rate windows and budget ledgers of every governance level, kept across reloads.
+    pub governor: crate::governance::Governor,
 }
 
 impl State {
@@ -32,6 +34,7 @@ impl State {
         // Bounded by the config check (≤ 1 TiB), far below the semaphore's maximum.
         let body_memory_cap =
             usize::try_from(policy.max_body_memory_bytes).unwrap_or(Semaphore::MAX_PERMITS);
+        let governor = crate::governance::Governor::new(metrics.governance.clone());
         Arc::new(State {
             body_memory: Arc::new(Semaphore::new(body_memory_cap.min(Semaphore::MAX_PERMITS))),
             body_memory_cap,
@@ -41,6 +44,7 @@ impl State {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             events: std::sync::OnceLock::new(),
+            governor,
         })
     }
 

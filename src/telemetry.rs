@@ -2,8 +2,8 @@
 //! label sets bounded: route, provider and model come from the policy, never from raw input.
 
 use prometheus::{
-    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -35,6 +35,27 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub config_generation: IntGauge,
     pub events: EventMetrics,
+    pub governance: GovernanceMetrics,
+}
+
+/// Admission (`governance`): rejections, rate-limit use, budgets. Labels name policy
+/// levels (`org`, team names, key ids), so they are bounded by the policy.
+#[derive(Clone)]
+pub struct GovernanceMetrics {
+    /// Requests refused, by reason (unauthorized, model_not_allowed, rate_limited,
+    /// budget_exceeded, redis_down).
+    pub rejections: IntCounterVec,
+    /// Rate-limit refusals by level and limit (rpm, tpm).
+    pub rate_limited: IntCounterVec,
+    /// Requests or tokens counted in the current window, by level, name and limit.
+    pub rate_used: IntGaugeVec,
+    pub remaining: GaugeVec,
+    pub reserved: GaugeVec,
+    pub spent: GaugeVec,
+    /// Budget alert marks crossed, by level, name and mark.
+    pub alerts: IntCounterVec,
+    /// Requests sent to a budget's `downgrade_to`, by level and name.
+    pub downgrades: IntCounterVec,
 }
 
 /// The usage-event pipeline (`events`): queue, spool and delivery.
@@ -287,6 +308,7 @@ impl Metrics {
                 "Generation of the running policy (1 = as started)",
             ),
             events: EventMetrics::new(&registry),
+            governance: GovernanceMetrics::new(&registry),
             registry,
         }
     }
@@ -332,6 +354,79 @@ impl Metrics {
             tracing::error!("encoding metrics failed: {e}");
         }
         buf
+    }
+}
+
+impl GovernanceMetrics {
+    fn new(registry: &Registry) -> Self {
+        let gauges = |name: &str, help: &str| {
+            let g = GaugeVec::new(Opts::new(name, help), &["level", "name"])
+                .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+            registry
+                .register(Box::new(g.clone()))
+                .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+            g
+        };
+        let rate_used = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_rate_limit_used",
+                "Requests (rpm) or input tokens (tpm) counted in the current window",
+            ),
+            &["level", "name", "limit"],
+        )
+        .unwrap_or_else(|e| panic!("metric switchyard_rate_limit_used is malformed: {e}"));
+        registry
+            .register(Box::new(rate_used.clone()))
+            .unwrap_or_else(|e| panic!("metric switchyard_rate_limit_used registered twice: {e}"));
+        let m = GovernanceMetrics {
+            rejections: counter(
+                registry,
+                "switchyard_rejections_total",
+                "Requests refused by admission, by reason",
+                &["reason"],
+            ),
+            rate_limited: counter(
+                registry,
+                "switchyard_rate_limit_rejections_total",
+                "Requests refused by a rate limit, by level and limit (rpm, tpm)",
+                &["level", "limit"],
+            ),
+            rate_used,
+            remaining: gauges(
+                "switchyard_budget_remaining_usd",
+                "Budget left in the current period (limit minus settled spend)",
+            ),
+            reserved: gauges(
+                "switchyard_budget_reserved_usd",
+                "Worst cases reserved by requests in flight",
+            ),
+            spent: gauges(
+                "switchyard_budget_spent_usd",
+                "Settled spend in the current period",
+            ),
+            alerts: counter(
+                registry,
+                "switchyard_budget_alerts_total",
+                "Budget alert marks (alert_at) crossed",
+                &["level", "name", "mark"],
+            ),
+            downgrades: counter(
+                registry,
+                "switchyard_budget_downgrades_total",
+                "Requests sent to a spent budget's downgrade_to",
+                &["level", "name"],
+            ),
+        };
+        for reason in [
+            "unauthorized",
+            "model_not_allowed",
+            "rate_limited",
+            "budget_exceeded",
+            "redis_down",
+        ] {
+            m.rejections.with_label_values(&[reason]);
+        }
+        m
     }
 }
 

@@ -2,6 +2,7 @@
 //! into a [`Policy`]. Every error names the field it is about.
 
 pub mod expand;
+pub mod governance;
 mod provider;
 pub mod raw;
 mod route;
@@ -223,7 +224,7 @@ fn parse_duration(field: &str, s: &str) -> Result<Duration, ConfigError> {
         .map_err(|e| ConfigError::new(field, format!("invalid duration {s:?}: {e}")))
 }
 
-fn positive_duration(field: &str, s: &str) -> Result<Duration, ConfigError> {
+pub(crate) fn positive_duration(field: &str, s: &str) -> Result<Duration, ConfigError> {
     let d = parse_duration(field, s)?;
     if d.is_zero() {
         return Err(ConfigError::new(field, "must be greater than 0"));
@@ -429,41 +430,7 @@ fn compile(
         routes.push(compile_route(rr, &field, &model_index, &provider_index)?);
     }
 
-    // Teams and telemetry are validated now and enforced by later work.
-    for (name, team) in &raw.teams {
-        let field = format!("teams.{name}");
-        for (i, m) in team.models.iter().enumerate() {
-            if !model_index.contains_key(m) {
-                return Err(ConfigError::new(
-                    format!("{field}.models[{i}]"),
-                    format!("unknown model {m:?}"),
-                ));
-            }
-        }
-        for (i, k) in team.keys.iter().enumerate() {
-            let hex = k.strip_prefix("sha256:").unwrap_or("");
-            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(ConfigError::new(
-                    format!("{field}.keys[{i}]"),
-                    "must be \"sha256:\" followed by 64 hex digits (keys are stored hashed)",
-                ));
-            }
-        }
-        if let Some(b) = &team.budget {
-            if !b.usd.is_finite() || b.usd < 0.0 {
-                return Err(ConfigError::new(
-                    format!("{field}.budget.usd"),
-                    "must be a non-negative number",
-                ));
-            }
-            if !matches!(b.per.as_str(), "day" | "week" | "month") {
-                return Err(ConfigError::new(
-                    format!("{field}.budget.per"),
-                    format!("{:?} is not one of day, week, month", b.per),
-                ));
-            }
-        }
-    }
+    let (governance, governance_settings) = governance::compile(&raw, env, &model_index, &routes)?;
     let telemetry = match &raw.telemetry {
         Some(t) => compile_telemetry(t, env)?,
         None => None,
@@ -497,6 +464,8 @@ fn compile(
         service,
         pod,
         telemetry,
+        governance,
+        governance_settings,
         version: crate::events::PolicyVersion {
             generation,
             sha256: Arc::from(sha256),
@@ -606,8 +575,12 @@ fn redact(raw: &RawConfig) -> serde_json::Value {
     }
     for t in raw.teams.values_mut() {
         for k in t.keys.iter_mut() {
-            *k = REDACTED.into();
+            k.hash = REDACTED.into();
         }
+    }
+    if raw.governance.redis.is_some() {
+        // The URL may carry a password.
+        raw.governance.redis = Some(REDACTED.into());
     }
     serde_json::to_value(&raw).unwrap_or(serde_json::Value::Null)
 }

@@ -23,6 +23,12 @@ pub struct RawConfig {
     /// Hosts forwarded unchanged (not metered), e.g. `pypi.org` or `internal.svc:8080`.
     #[serde(default)]
     pub passthrough: Vec<String>,
+    /// How `org:` and `teams:` are enforced (Redis, key requirement).
+    #[serde(default)]
+    pub governance: RawGovernance,
+    /// Rules every request passes, whatever its team.
+    #[serde(default)]
+    pub org: RawLevel,
     #[serde(default)]
     pub teams: BTreeMap<String, RawTeam>,
     #[serde(default)]
@@ -304,9 +310,64 @@ pub struct RawTimeouts {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawGovernance {
+    /// `redis://host:6379`: limits and budgets shared by the fleet; absent: this process.
+    #[serde(default)]
+    pub redis: Option<String>,
+    /// `closed` (reject) or `open` (admit) while Redis cannot be reached.
+    #[serde(default = "default_on_redis_down")]
+    pub on_redis_down: String,
+    /// Unknown or missing virtual keys are refused (401) instead of using the pod's team.
+    #[serde(default)]
+    pub require_key: bool,
+    /// A reservation whose sidecar never settled it (killed) is released after this.
+    #[serde(default = "default_reservation_ttl")]
+    pub reservation_ttl: String,
+    /// How often the period's spend is read from the collector's `/v1/budgets`.
+    #[serde(default = "default_budget_refresh")]
+    pub refresh: String,
+}
+
+impl Default for RawGovernance {
+    fn default() -> Self {
+        RawGovernance {
+            redis: None,
+            on_redis_down: default_on_redis_down(),
+            require_key: false,
+            reservation_ttl: default_reservation_ttl(),
+            refresh: default_budget_refresh(),
+        }
+    }
+}
+
+fn default_on_redis_down() -> String {
+    "closed".into()
+}
+fn default_reservation_ttl() -> String {
+    "10m".into()
+}
+fn default_budget_refresh() -> String {
+    "30s".into()
+}
+
+/// What any level of the hierarchy (org, team, key) may say about its requests.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLevel {
+    /// Allowed model aliases (globs); empty: any.
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub limits: Option<RawLimits>,
+    #[serde(default)]
+    pub budget: Option<RawBudget>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawTeam {
     #[serde(default)]
-    pub keys: Vec<String>,
+    pub keys: Vec<RawKey>,
     #[serde(default)]
     pub models: Vec<String>,
     #[serde(default)]
@@ -315,11 +376,35 @@ pub struct RawTeam {
     pub limits: Option<RawLimits>,
 }
 
+/// A virtual key: its id (what events and metrics name) and the SHA-256 of the key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub id: String,
+    /// `sha256:<64 hex>`, or `${VAR}` / `file:/path` holding it.
+    pub hash: String,
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub limits: Option<RawLimits>,
+    #[serde(default)]
+    pub budget: Option<RawBudget>,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBudget {
     pub usd: f64,
     pub per: String,
+    /// `reject` (default) or `downgrade` (to `downgrade_to`).
+    #[serde(default)]
+    pub on_exceed: Option<String>,
+    /// A route name or catalog model that takes the requests once the budget is spent.
+    #[serde(default)]
+    pub downgrade_to: Option<String>,
+    /// Fractions of the budget at which an alert is logged and recorded (e.g. 0.8, 1.0).
+    #[serde(default)]
+    pub alert_at: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -170,8 +170,10 @@ fn precise_errors() {
 #[test]
 fn teams_and_telemetry_are_validated() {
     let base = "models: {}\n";
-    let e = err(&format!("{base}teams:\n  t: {{ keys: [\"abc\"] }}\n"));
-    assert_eq!(e.field, "teams.t.keys[0]");
+    let e = err(&format!(
+        "{base}teams:\n  t: {{ keys: [{{ id: k, hash: \"abc\" }}] }}\n"
+    ));
+    assert_eq!(e.field, "teams.t.keys[0].hash");
     let e = err(&format!(
         "{base}teams:\n  t: {{ budget: {{ usd: 5, per: year }} }}\n"
     ));
@@ -205,10 +207,54 @@ fn teams_and_telemetry_are_validated() {
         Some("sy-secret-token")
     );
     let ok = format!(
-        "{base}teams:\n  t: {{ keys: [\"sha256:{}\"], budget: {{ usd: 5, per: day }}, limits: {{ rpm: 5 }} }}\ntelemetry: {{ collector: \"http://c:7070\" }}\n",
+        "{base}teams:\n  t: {{ keys: [{{ id: k, hash: \"sha256:{}\" }}], budget: {{ usd: 5, per: day }}, limits: {{ rpm: 5 }} }}\ntelemetry: {{ collector: \"http://c:7070\" }}\n",
         "a".repeat(64)
     );
-    from_str(&ok, &env(), 1).unwrap();
+    let p = from_str(&ok, &env(), 1).unwrap();
+    assert!(
+        !p.redacted.to_string().contains(&"a".repeat(64)),
+        "key hashes are redacted"
+    );
+}
+
+#[test]
+fn governance_is_validated() {
+    let base = "models: { m: { provider: p } }\nproviders: { p: { format: openai, base_url: \"http://x/v1\" } }\n";
+    let h = format!("sha256:{}", "b".repeat(64));
+    for (bad, field) in [
+        ("governance: { on_redis_down: maybe }".to_string(), "governance.on_redis_down"),
+        ("governance: { redis: \"http://r\" }".into(), "governance.redis"),
+        ("governance: { reservation_ttl: 0s }".into(), "governance.reservation_ttl"),
+        ("org: { limits: { rpm: 0 } }".into(), "org.limits.rpm"),
+        ("org: { budget: { usd: -1, per: day } }".into(), "org.budget.usd"),
+        ("org: { budget: { usd: 1, per: day, on_exceed: explode } }".into(), "org.budget.on_exceed"),
+        ("org: { budget: { usd: 1, per: day, on_exceed: downgrade } }".into(), "org.budget.downgrade_to"),
+        ("org: { budget: { usd: 1, per: day, on_exceed: downgrade, downgrade_to: nowhere } }".into(), "org.budget.downgrade_to"),
+        ("org: { budget: { usd: 1, per: day, alert_at: [0] } }".into(), "org.budget.alert_at"),
+        (format!("teams: {{ t: {{ keys: [{{ id: a, hash: \"{h}\" }}, {{ id: a, hash: \"{h}\" }}] }} }}"), "teams.t.keys[1].id"),
+        (format!("teams: {{ t: {{ keys: [{{ id: a, hash: \"{h}\" }}, {{ id: b, hash: \"{h}\" }}] }} }}"), "teams.t.keys[1].hash"),
+        (format!("teams: {{ t: {{ keys: [{{ id: a, hash: \"{h}\", models: [nope] }}] }} }}"), "teams.t.keys[0].models[0]"),
+    ] {
+        let e = err(&format!("{base}{bad}\n"));
+        assert_eq!(e.field, field, "{bad}");
+    }
+    let p = from_str(
+        &format!("{base}governance: {{ redis: \"redis://:pw@r:6379\", on_redis_down: open }}\norg: {{ models: [\"m*\"], budget: {{ usd: 10000, per: month, on_exceed: downgrade, downgrade_to: m, alert_at: [1.0, 0.8] }} }}\n"),
+        &env(),
+        1,
+    )
+    .unwrap();
+    assert!(p.governance.active);
+    assert!(p.governance_settings.fail_open);
+    assert!(
+        !p.redacted.to_string().contains(":pw@"),
+        "the Redis URL is redacted"
+    );
+    let b = p.governance.org.budget.as_ref().unwrap();
+    assert_eq!(b.limit, 10_000 * 1_000_000_000_000_000_000);
+    assert_eq!(b.alert_at, vec![0.8, 1.0]);
+    // No governance at all: admission is skipped.
+    assert!(!from_str(base, &env(), 1).unwrap().governance.active);
 }
 
 #[test]

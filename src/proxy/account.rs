@@ -17,6 +17,8 @@ use std::time::Duration;
 pub(crate) struct Record {
     /// The policy snapshot the request ran under (identity, version).
     pub policy: Option<Arc<Policy>>,
+    /// The virtual key's id, when a key identified the caller.
+    pub key_id: Option<Arc<str>>,
     pub requested_model: Option<Arc<str>>,
     pub strategy: &'static str,
     pub attempts: u32,
@@ -55,7 +57,7 @@ pub(super) fn event(ctx: &Ctx, status: u16) -> Option<UsageEvent> {
         service: policy.pod.service.clone(),
         node: policy.pod.node.clone(),
         team: ctx.team.clone(),
-        key_id: None,
+        key_id: r.key_id.clone(),
         route: ctx.route.clone(),
         requested_model: r.requested_model.clone(),
         model: ctx.model.clone(),

@@ -4,6 +4,7 @@
 
 pub mod accept;
 mod account;
+mod admit;
 mod batch;
 mod body;
 mod conn;
@@ -78,6 +79,10 @@ pub struct Ctx {
     body_memory: Option<tokio::sync::OwnedSemaphorePermit>,
     /// What the usage event reports, filled in as the walk learns it (see `account`).
     pub(crate) record: account::Record,
+    /// Who is calling, when the policy governs anything.
+    caller: Option<crate::governance::Caller>,
+    /// The admitted request's hold on its budgets and rate windows, settled in `logging`.
+    ticket: Option<crate::governance::Ticket>,
 }
 
 impl Ctx {
@@ -116,6 +121,8 @@ impl ProxyHttp for Switchyard {
             overhead: Duration::ZERO,
             body_memory: None,
             record: account::Record::default(),
+            caller: None,
+            ticket: None,
         }
     }
 
@@ -236,6 +243,7 @@ impl ProxyHttp for Switchyard {
         m.requests
             .with_label_values(&[&*ctx.route, &*ctx.provider, &*ctx.model, status])
             .inc();
+        self.settle(ctx);
         if let Some(events) = self.state.events.get() {
             let status = session
                 .response_written()
@@ -330,6 +338,9 @@ impl Switchyard {
             None => None,
         };
 
+        // Identify the caller before reading a byte of the body.
+        self.identify(session, ctx, policy)?;
+
         let method = session.req_header().method.clone();
         if host.is_none()
             && method == http::Method::GET
@@ -364,17 +375,17 @@ impl Switchyard {
             ctx.record.stream = p.stream;
         }
 
+        let path = accept::path_only(&path_and_query);
+        let headers = &session.req_header().headers;
+        let route_input = |model| RouteInput {
+            model,
+            host: host.as_deref(),
+            host_provider,
+            path,
+            headers,
+        };
         let plan = match (&probe, host_provider) {
-            (Some(p), _) => route::plan(
-                policy,
-                &RouteInput {
-                    model: &p.model,
-                    host: host.as_deref(),
-                    host_provider,
-                    path: accept::path_only(&path_and_query),
-                    headers: &session.req_header().headers,
-                },
-            )?,
+            (Some(p), _) => route::plan(policy, &route_input(&p.model))?,
             // A model-less call to a provider's own host (GET /v1/models, files…) goes to it.
             (None, Some(p)) => exchange::direct_plan(p),
             (None, None) => {
@@ -382,11 +393,24 @@ impl Switchyard {
                     ErrorCode::InvalidRequest,
                     format!(
                     "{method} {} carries no `model`; Switchyard routes by the request body's model",
-                    crate::error::clip(accept::path_only(&path_and_query))
+                    crate::error::clip(path)
                 ),
                 )
                 .into())
             }
+        };
+        let plan = match &probe {
+            Some(p) => self.admit(ctx, policy, p, body.len(), plan, |to| {
+                let input = RouteInput {
+                    model: to,
+                    host: host.as_deref(),
+                    host_provider,
+                    path,
+                    headers,
+                };
+                route::plan_downgrade(policy, to, &input)
+            })?,
+            None => plan,
         };
         let req = LlmRequest {
             path_and_query,
@@ -415,8 +439,12 @@ impl Switchyard {
             e.body()
         };
         // Memory pressure passes quickly: tell SDKs (which honour it) to come back soon.
-        let retry_after = (e.code == ErrorCode::Overloaded).then_some("1");
-        self.send_json_with(session, ctx, e.status(), body, retry_after)
+        let retry_after = match (e.retry_after, e.code) {
+            (Some(secs), _) => Some(secs.to_string()),
+            (None, ErrorCode::Overloaded) => Some("1".to_string()),
+            (None, _) => None,
+        };
+        self.send_json_with(session, ctx, e.status(), body, retry_after.as_deref())
             .await
     }
 
