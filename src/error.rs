@@ -16,6 +16,8 @@ pub enum ErrorCode {
     RateLimited,
     /// A budget with `on_exceed: reject` cannot cover the request's worst case.
     BudgetExceeded,
+    /// Fleet-wide limits cannot be checked (Redis down) and `on_redis_down` is `closed`.
+    GovernanceUnavailable,
     MethodNotAllowed,
     PayloadTooLarge,
     HeaderTooLarge,
@@ -36,6 +38,7 @@ impl ErrorCode {
             ErrorCode::ModelNotAllowed => "model_not_allowed",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::BudgetExceeded => "budget_exceeded",
+            ErrorCode::GovernanceUnavailable => "governance_unavailable",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::HeaderTooLarge => "header_too_large",
@@ -55,6 +58,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::ModelNotAllowed => 403,
             ErrorCode::RateLimited | ErrorCode::BudgetExceeded => 429,
+            ErrorCode::GovernanceUnavailable => 503,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::HeaderTooLarge => 431,
@@ -80,6 +84,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limit_error",
             ErrorCode::BudgetExceeded => "insufficient_quota",
             ErrorCode::Overloaded
+            | ErrorCode::GovernanceUnavailable
             | ErrorCode::UpstreamUnavailable
             | ErrorCode::UpstreamTimeout
             | ErrorCode::Internal => "api_error",
@@ -150,7 +155,7 @@ impl ProxyError {
             ErrorCode::Unauthorized => "authentication_error",
             ErrorCode::RateLimited | ErrorCode::BudgetExceeded => "rate_limit_error",
             ErrorCode::PayloadTooLarge => "request_too_large",
-            ErrorCode::Overloaded => "overloaded_error",
+            ErrorCode::Overloaded | ErrorCode::GovernanceUnavailable => "overloaded_error",
             ErrorCode::UpstreamUnavailable | ErrorCode::UpstreamTimeout | ErrorCode::Internal => {
                 "api_error"
             }

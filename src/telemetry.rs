@@ -56,6 +56,8 @@ pub struct GovernanceMetrics {
     pub alerts: IntCounterVec,
     /// Requests sent to a budget's `downgrade_to`, by level and name.
     pub downgrades: IntCounterVec,
+    /// Redis calls that failed, by outcome: admitted / refused (`on_redis_down`), settle.
+    pub redis_errors: IntCounterVec,
 }
 
 /// The usage-event pipeline (`events`): queue, spool and delivery.
@@ -416,7 +418,16 @@ impl GovernanceMetrics {
                 "Requests sent to a spent budget's downgrade_to",
                 &["level", "name"],
             ),
+            redis_errors: counter(
+                registry,
+                "switchyard_governance_redis_errors_total",
+                "Redis calls that failed, by outcome (admitted, refused: on_redis_down; settle)",
+                &["outcome"],
+            ),
         };
+        for outcome in ["admitted", "refused", "settle"] {
+            m.redis_errors.with_label_values(&[outcome]);
+        }
         for reason in [
             "unauthorized",
             "model_not_allowed",

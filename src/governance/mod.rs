@@ -7,6 +7,8 @@
 //! budgets — and either refuses the request or hands back a `Ticket` holding its
 //! reservations, which the request settles at its end (or releases if it never ran).
 
+mod fleet;
+mod fleet_admit;
 pub mod identity;
 mod ledger;
 mod limits;
@@ -138,6 +140,8 @@ type LevelKey = (LevelKind, Arc<str>);
 /// Every level's counters in this process.
 pub struct Governor {
     states: Mutex<AHashMap<LevelKey, Arc<LevelState>>>,
+    /// The Redis of `governance.redis`, kept while the URL stays the same.
+    fleet: Mutex<Option<Arc<fleet::Fleet>>>,
     metrics: GovernanceMetrics,
 }
 
@@ -166,10 +170,29 @@ pub enum Verdict {
 /// An admitted request's hold on its levels; settled at its end, released if dropped.
 pub struct Ticket {
     holds: Vec<Hold>,
+    /// In fleet mode, the hold is in Redis.
+    fleet: Option<FleetHold>,
     input_tokens: u64,
     second: u64,
     reserved: Atto,
     settled: bool,
+}
+
+struct FleetHold {
+    fleet: Arc<fleet::Fleet>,
+    rid: String,
+    /// Redis's second of admission (the tpm bucket).
+    sec: i64,
+    levels: Vec<FleetLevel>,
+    metrics: GovernanceMetrics,
+}
+
+struct FleetLevel {
+    kind: LevelKind,
+    name: Arc<str>,
+    period: i64,
+    counts_tokens: bool,
+    budget: Option<(Atto, Vec<f64>)>,
 }
 
 struct Hold {
@@ -185,6 +208,7 @@ impl Governor {
     pub fn new(metrics: GovernanceMetrics) -> Governor {
         Governor {
             states: Mutex::new(AHashMap::new()),
+            fleet: Mutex::new(None),
             metrics,
         }
     }
@@ -240,22 +264,8 @@ impl Governor {
         skip_budgets: &[LevelKind],
     ) -> Verdict {
         let levels = levels_of(rules, caller);
-        for level in &levels {
-            if !level.allows(ask.model) {
-                self.metrics
-                    .rejections
-                    .with_label_values(&["model_not_allowed"])
-                    .inc();
-                return Verdict::Reject(ProxyError::new(
-                    ErrorCode::ModelNotAllowed,
-                    format!(
-                        "model {:?} is not allowed for {} {:?}",
-                        crate::error::clip(ask.model),
-                        level.kind.as_str(),
-                        &*level.name
-                    ),
-                ));
-            }
+        if let Some(refused) = self.check_models(&levels, ask.model, skip_budgets) {
+            return refused;
         }
         let counted: Vec<&Level> = levels.into_iter().filter(|l| l.counts()).collect();
         let states: Vec<Arc<LevelState>> = counted.iter().map(|l| self.state(l)).collect();
@@ -279,42 +289,15 @@ impl Governor {
         }
         for (level, c) in counted.iter().zip(guards.iter_mut()) {
             let Some(b) = &level.budget else { continue };
-            let (start, end) = b.per.period(wall);
+            let (start, _) = b.per.period(wall);
             c.ledger.roll(start);
             if skip_budgets.contains(&level.kind) || ask.worst_case <= c.ledger.available(b.limit) {
                 continue;
             }
-            if let Some(to) = &b.downgrade_to {
-                self.metrics
-                    .downgrades
-                    .with_label_values(&[level.kind.as_str(), &level.name])
-                    .inc();
-                let mut skip = skip_budgets.to_vec();
-                skip.push(level.kind);
-                return Verdict::Downgrade {
-                    to: to.clone(),
-                    skip,
-                };
-            }
-            self.metrics
-                .rejections
-                .with_label_values(&["budget_exceeded"])
-                .inc();
-            return Verdict::Reject(
-                ProxyError::new(
-                    ErrorCode::BudgetExceeded,
-                    format!(
-                        "the {} {:?} budget of {} USD per {} cannot cover this request (worst case {} USD); it resets at {}",
-                        level.kind.as_str(),
-                        &*level.name,
-                        crate::price::usd_decimal(b.limit),
-                        b.per.as_str(),
-                        crate::price::usd_decimal(ask.worst_case),
-                        end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    ),
-                )
-                .retry_after(seconds_until(wall, end)),
-            );
+            return match &b.downgrade_to {
+                Some(to) => self.downgrade(level, to, skip_budgets),
+                None => self.budget_exceeded(level, b, ask.worst_case, wall),
+            };
         }
 
         // Admitted: count it everywhere, under the same locks.
@@ -343,11 +326,81 @@ impl Governor {
         drop(guards);
         Verdict::Admit(Ticket {
             holds,
+            fleet: None,
             input_tokens: ask.input_tokens,
             second,
             reserved: ask.worst_case,
             settled: false,
         })
+    }
+
+    /// 403 unless every level allows the model. A downgraded request (some budget sent it
+    /// on) is the policy's choice, not the caller's, and is not checked again.
+    fn check_models(
+        &self,
+        levels: &[&Level],
+        model: &str,
+        skip_budgets: &[LevelKind],
+    ) -> Option<Verdict> {
+        if !skip_budgets.is_empty() {
+            return None;
+        }
+        let level = levels.iter().find(|l| !l.allows(model))?;
+        self.metrics
+            .rejections
+            .with_label_values(&["model_not_allowed"])
+            .inc();
+        Some(Verdict::Reject(ProxyError::new(
+            ErrorCode::ModelNotAllowed,
+            format!(
+                "model {:?} is not allowed for {} {:?}",
+                crate::error::clip(model),
+                level.kind.as_str(),
+                &*level.name
+            ),
+        )))
+    }
+
+    fn budget_exceeded(
+        &self,
+        level: &Level,
+        b: &Budget,
+        worst: Atto,
+        wall: DateTime<Utc>,
+    ) -> Verdict {
+        self.metrics
+            .rejections
+            .with_label_values(&["budget_exceeded"])
+            .inc();
+        let (_, end) = b.per.period(wall);
+        Verdict::Reject(
+            ProxyError::new(
+                ErrorCode::BudgetExceeded,
+                format!(
+                    "the {} {:?} budget of {} USD per {} cannot cover this request (worst case {} USD); it resets at {}",
+                    level.kind.as_str(),
+                    &*level.name,
+                    crate::price::usd_decimal(b.limit),
+                    b.per.as_str(),
+                    crate::price::usd_decimal(worst),
+                    end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                ),
+            )
+            .retry_after(seconds_until(wall, end)),
+        )
+    }
+
+    fn downgrade(&self, level: &Level, to: &Arc<str>, skip_budgets: &[LevelKind]) -> Verdict {
+        self.metrics
+            .downgrades
+            .with_label_values(&[level.kind.as_str(), &level.name])
+            .inc();
+        let mut skip = skip_budgets.to_vec();
+        skip.push(level.kind);
+        Verdict::Downgrade {
+            to: to.clone(),
+            skip,
+        }
     }
 
     fn rate_limited(&self, level: &Level, limit: &str, wait: Duration) -> Verdict {
@@ -376,6 +429,10 @@ impl Governor {
     /// A request ended: its reservations become its real cost and input tokens.
     pub fn settle(&self, mut ticket: Ticket, cost: Atto, input_tokens: u64) {
         ticket.settled = true;
+        if let Some(f) = ticket.fleet.take() {
+            f.settle(cost, ticket.input_tokens, input_tokens);
+            return;
+        }
         for h in &ticket.holds {
             let mut c = lock(&h.state.inner);
             if h.counts_tokens {
@@ -384,18 +441,7 @@ impl Governor {
             }
             if let Some((limit, marks)) = &h.budget {
                 for mark in c.ledger.settle(ticket.reserved, cost, *limit, marks) {
-                    self.metrics
-                        .alerts
-                        .with_label_values(&[h.kind.as_str(), &h.name, &mark.to_string()])
-                        .inc();
-                    tracing::warn!(
-                        level = h.kind.as_str(),
-                        name = &*h.name,
-                        spent_usd = %crate::price::usd_decimal(c.ledger.spent),
-                        limit_usd = %crate::price::usd_decimal(*limit),
-                        "budget alert: {:.0} % of the period's budget is spent",
-                        mark * 100.0
-                    );
+                    alert(&self.metrics, h.kind, &h.name, mark, c.ledger.spent, *limit);
                 }
                 self.publish_budget(h.kind, &h.name, *limit, &c.ledger);
             }
@@ -439,10 +485,28 @@ impl Governor {
     }
 }
 
+impl Ticket {
+    /// A ticket that holds nothing (nothing counted, or Redis down with `open`).
+    fn empty(input_tokens: u64) -> Ticket {
+        Ticket {
+            holds: Vec::new(),
+            fleet: None,
+            input_tokens,
+            second: 0,
+            reserved: 0,
+            settled: false,
+        }
+    }
+}
+
 impl Drop for Ticket {
     /// A request that ended without settling (its task was dropped) gives back its hold.
     fn drop(&mut self) {
         if self.settled {
+            return;
+        }
+        if let Some(f) = self.fleet.take() {
+            f.settle(0, self.input_tokens, 0);
             return;
         }
         for h in &self.holds {
@@ -468,6 +532,33 @@ fn levels_of<'r>(rules: &'r Rules, caller: &Caller) -> Vec<&'r Level> {
         out.push(&k.level);
     }
     out
+}
+
+/// A budget crossed an `alert_at` mark: one log line and one count, per period.
+fn alert(m: &GovernanceMetrics, kind: LevelKind, name: &str, mark: f64, spent: Atto, limit: Atto) {
+    m.alerts
+        .with_label_values(&[kind.as_str(), name, &mark.to_string()])
+        .inc();
+    tracing::warn!(
+        level = kind.as_str(),
+        name,
+        spent_usd = %crate::price::usd_decimal(spent),
+        limit_usd = %crate::price::usd_decimal(limit),
+        "budget alert: {:.0} % of the period's budget is spent",
+        mark * 100.0
+    );
+}
+
+/// At most one warning a second, whatever the request rate (the metrics count them all).
+fn warn_rarely(message: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST.swap(now, Ordering::Relaxed) != now {
+        tracing::warn!("{message}");
+    }
 }
 
 fn seconds_until(now: DateTime<Utc>, end: DateTime<Utc>) -> u64 {

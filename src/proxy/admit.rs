@@ -45,7 +45,7 @@ impl Switchyard {
     /// Admission for the routed request: the plan to forward (another one if a spent
     /// budget downgrades it), with the request's hold kept in `ctx` until `logging`.
     /// Without a caller (nothing governed) the plan passes as it is.
-    pub(super) fn admit(
+    pub(super) async fn admit(
         &self,
         ctx: &mut Ctx,
         policy: &Policy,
@@ -68,11 +68,18 @@ impl Switchyard {
                 input_tokens,
                 worst_case: worst_case(&plan, input_tokens, probe.max_tokens),
             };
-            match self
+            let verdict = self
                 .state
                 .governor
-                .admit(&policy.governance, &caller, &ask, &skip)
-            {
+                .admit_fleet(
+                    &policy.governance,
+                    &policy.governance_settings,
+                    &caller,
+                    &ask,
+                    &skip,
+                )
+                .await;
+            match verdict {
                 Verdict::Admit(ticket) => {
                     ctx.ticket = Some(ticket);
                     return Ok(plan);

@@ -400,16 +400,19 @@ impl Switchyard {
             }
         };
         let plan = match &probe {
-            Some(p) => self.admit(ctx, policy, p, body.len(), plan, |to| {
-                let input = RouteInput {
-                    model: to,
-                    host: host.as_deref(),
-                    host_provider,
-                    path,
-                    headers,
-                };
-                route::plan_downgrade(policy, to, &input)
-            })?,
+            Some(p) => {
+                self.admit(ctx, policy, p, body.len(), plan, |to| {
+                    let input = RouteInput {
+                        model: to,
+                        host: host.as_deref(),
+                        host_provider,
+                        path,
+                        headers,
+                    };
+                    route::plan_downgrade(policy, to, &input)
+                })
+                .await?
+            }
             None => plan,
         };
         let req = LlmRequest {

@@ -1,0 +1,340 @@
+//! Governance across a fleet: two sidecars sharing limits and budgets through a real Redis
+//! (the machine's, on its standard port, each test with team names of its own), a sidecar
+//! killed while holding reservations, and Redis itself stopped (a private instance).
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+fn ask() -> Value {
+    json!({"model": "small", "max_tokens": 10, "messages": [{"role": "user", "content": "Say hello."}]})
+}
+
+/// A team name no other test (or earlier run) uses: Redis keeps state between runs.
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", fastrand::u32(..))
+}
+
+/// `small`: free input, 1000 USD per million output tokens: 0.01 USD for the mock's 10.
+fn policy(mock: &Mock, redis: &str, extra: &str) -> String {
+    format!(
+        r#"
+providers:
+  alpha: {{ format: openai, base_url: "{}/v1", api_key: sk-alpha }}
+models:
+  small: {{ provider: alpha, name: alpha-small, price: {{ input: 0, output: 1000 }} }}
+governance: {{ redis: "{redis}", on_redis_down: closed, reservation_ttl: 3s }}
+{extra}"#,
+        mock.url()
+    )
+}
+
+/// Two sidecars on one policy, each in its own directory.
+fn two_sidecars(dir: &Path, body: &str) -> (Sidecar, Sidecar) {
+    let start = |name: &str| {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        start_proxy(&d, body)
+    };
+    (start("a"), start("b"))
+}
+
+async fn post(sc: &Sidecar, key: Option<&str>) -> (u16, String) {
+    let mut req = client()
+        .post(format!("{}/v1/chat/completions", sc.url()))
+        .json(&ask());
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    let code = v["error"]["code"].as_str().unwrap_or("").to_string();
+    (status, code)
+}
+
+/// `n` requests at once, alternating between the two sidecars: statuses and codes.
+async fn burst(a: &Sidecar, b: &Sidecar, n: usize, key: Option<&str>) -> BTreeMap<String, usize> {
+    let all =
+        futures_util::future::join_all((0..n).map(|i| post(if i % 2 == 0 { a } else { b }, key)))
+            .await;
+    let mut out = BTreeMap::new();
+    for (status, code) in all {
+        *out.entry(format!("{status} {code}").trim().to_string())
+            .or_default() += 1;
+    }
+    out
+}
+
+fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+/// What Redis holds for a level's budget this day (nano-dollars).
+fn redis_budget(port: u16, level: &str, field: &str) -> i64 {
+    let day = chrono::Utc::now().timestamp().div_euclid(86_400) * 86_400;
+    let out = Command::new("redis-cli")
+        .args([
+            "-p",
+            &port.to_string(),
+            "HGET",
+            &format!("switchyard:{{gov}}:b:{level}:{day}"),
+            field,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+fn new_key(team: &str, id: &str) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["keys", "new", "--team", team, "--id", id])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let key = text
+        .split_whitespace()
+        .find(|w| w.starts_with("sk-sy-"))
+        .unwrap();
+    let hash = text.split('"').find(|w| w.starts_with("sha256:")).unwrap();
+    (key.to_string(), hash.to_string())
+}
+
+const MACHINE_REDIS: &str = "redis://127.0.0.1:6379";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_sidecars_share_one_team_budget_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(dir.path(), &["--chunks", "10"]);
+    let team = unique("research");
+    // 1.00 USD a day at 0.01 USD a request: exactly 100 requests, whichever sidecar.
+    let body = policy(
+        &mock,
+        MACHINE_REDIS,
+        &format!("identity: {{ team: {team} }}\nteams:\n  {team}: {{ budget: {{ usd: 1.0, per: day }} }}\n"),
+    );
+    let (a, b) = two_sidecars(dir.path(), &body);
+    let got = burst(&a, &b, 200, None).await;
+    assert_eq!(got, counts(&[("200", 100), ("429 budget_exceeded", 100)]));
+    a.wait_idle().await;
+    b.wait_idle().await;
+    // Settlement runs just after each answer: wait for the last ones.
+    let level = format!("team:{team}");
+    let start = Instant::now();
+    while redis_budget(6379, &level, "reserved") != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "reservations never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        redis_budget(6379, &level, "spent"),
+        1_000_000_000,
+        "1.00 USD in nano-dollars"
+    );
+    // One by one on either sidecar: refused, the budget is spent to the cent.
+    assert_eq!(post(&a, None).await, (429, "budget_exceeded".into()));
+    assert_eq!(post(&b, None).await, (429, "budget_exceeded".into()));
+    assert_eq!(mock.requests().await.len(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_budget_under_a_team_budget_across_two_sidecars() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(dir.path(), &["--chunks", "10"]);
+    let team = unique("research");
+    let (alice, alice_hash) = new_key(&team, "alice");
+    let (bob, bob_hash) = new_key(&team, "bob");
+    let alice_id = unique("alice");
+    let body = policy(
+        &mock,
+        MACHINE_REDIS,
+        &format!(
+            "teams:\n  {team}:\n    budget: {{ usd: 1.0, per: day }}\n    keys:\n      - {{ id: {alice_id}, hash: \"{alice_hash}\", budget: {{ usd: 0.3, per: day }} }}\n      - {{ id: {}, hash: \"{bob_hash}\" }}\n",
+            unique("bob")
+        ),
+    );
+    let (a, b) = two_sidecars(dir.path(), &body);
+    let got = burst(&a, &b, 50, Some(&alice)).await;
+    assert_eq!(got, counts(&[("200", 30), ("429 budget_exceeded", 20)]));
+    let got = burst(&a, &b, 100, Some(&bob)).await;
+    assert_eq!(got, counts(&[("200", 70), ("429 budget_exceeded", 30)]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rpm_across_two_sidecars_admits_exactly_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(dir.path(), &["--chunks", "10"]);
+    let team = unique("research");
+    let body = policy(
+        &mock,
+        MACHINE_REDIS,
+        &format!("identity: {{ team: {team} }}\nteams:\n  {team}: {{ limits: {{ rpm: 60 }} }}\n"),
+    );
+    let (a, b) = two_sidecars(dir.path(), &body);
+    let got = burst(&a, &b, 100, None).await;
+    assert_eq!(got, counts(&[("200", 60), ("429 rate_limited", 40)]));
+}
+
+/// A private `redis-server` on a free port, stopped when dropped.
+struct OwnRedis {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl OwnRedis {
+    fn start_on(port: u16) -> OwnRedis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package)");
+        wait_port(port);
+        OwnRedis {
+            child: Some(child),
+            port,
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_sidecars_reservations_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(dir.path(), &["--chunks", "10"]);
+    let redis = OwnRedis::start_on(free_port());
+    let team = "research";
+    // 0.10 USD: ten requests' worth. reservation_ttl is 3 s.
+    let body = policy(
+        &mock,
+        &redis.url(),
+        &format!("identity: {{ team: {team} }}\nteams:\n  {team}: {{ budget: {{ usd: 0.1, per: day }} }}\n"),
+    );
+    let (mut a, b) = two_sidecars(dir.path(), &body);
+    // Ten slow requests on A hold the whole budget…
+    mock.set(json!({"chunks": 10, "latency_ms": 30_000})).await;
+    let a_url = a.url();
+    let held: Vec<_> = (0..10)
+        .map(|_| {
+            let url = a_url.clone();
+            tokio::spawn(async move {
+                let _ = client()
+                    .post(format!("{url}/v1/chat/completions"))
+                    .json(&ask())
+                    .send()
+                    .await;
+            })
+        })
+        .collect();
+    let level = format!("team:{team}");
+    let start = Instant::now();
+    while redis_budget(redis.port, &level, "reserved") < 100_000_000 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the reservations never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    mock.set(json!({"chunks": 10, "latency_ms": 0})).await;
+    // …so B is refused while they are in flight.
+    assert_eq!(post(&b, None).await, (429, "budget_exceeded".into()));
+    // A dies holding them; after reservation_ttl they expire and the budget is whole again.
+    a.proc.signal(libc::SIGKILL);
+    a.proc.wait_exit(Duration::from_secs(5));
+    for h in held {
+        let _ = h.await;
+    }
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    let got = burst(&b, &b, 12, None).await;
+    assert_eq!(got, counts(&[("200", 10), ("429 budget_exceeded", 2)]));
+    let _ = a.proc.child.kill();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_stopped_open_admits_closed_refuses_both_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(dir.path(), &["--chunks", "10"]);
+    let port = free_port();
+    let mut redis = OwnRedis::start_on(port);
+    let rules = "identity: { team: research }\nteams:\n  research: { limits: { rpm: 1000 } }\n";
+    let closed = policy(&mock, &redis.url(), rules);
+    let open = closed.replace("on_redis_down: closed", "on_redis_down: open");
+    let start = |name: &str, body: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        start_proxy(&d, body)
+    };
+    let (c, o) = (start("closed", &closed), start("open", &open));
+    assert_eq!(post(&c, None).await.0, 200);
+    assert_eq!(post(&o, None).await.0, 200);
+
+    redis.kill();
+    for _ in 0..5 {
+        assert_eq!(post(&c, None).await, (503, "governance_unavailable".into()));
+        assert_eq!(post(&o, None).await.0, 200);
+    }
+    c.wait_idle().await;
+    o.wait_idle().await;
+    let errors = |outcome: &str| {
+        format!(r#"switchyard_governance_redis_errors_total{{outcome="{outcome}"}}"#)
+    };
+    assert_eq!(c.metric(&errors("refused")).await, 5.0);
+    assert_eq!(
+        c.metric(r#"switchyard_rejections_total{reason="redis_down"}"#)
+            .await,
+        5.0
+    );
+    assert_eq!(o.metric(&errors("admitted")).await, 5.0);
+
+    // Redis back on the same port: the closed sidecar admits again once it reconnects.
+    let _redis = OwnRedis::start_on(port);
+    let start = Instant::now();
+    loop {
+        if post(&c, None).await.0 == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never recovered from Redis's return"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
