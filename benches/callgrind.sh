@@ -6,6 +6,8 @@
 #   benches/callgrind.sh [chat|stream|big] [binary]
 #   SHIPPING=1 benches/callgrind.sh chat [binary]   # with usage events shipped to a collector
 #   SHIPPING=1 COMPRESSION=none benches/callgrind.sh chat [binary]   # … as plain NDJSON
+#   GOVERNANCE=local benches/callgrind.sh chat [binary]   # admission: rpm, tpm and a budget
+#   GOVERNANCE=redis benches/callgrind.sh chat [binary]   # … decided by Redis (127.0.0.1:6379)
 #
 # Starts the mock upstream and the proxy (under valgrind) on loopback ports 9190-9192,
 # warms up, zeroes the counters, drives the workload with wrk for 8 s at 8 connections,
@@ -31,10 +33,20 @@ server: { threads: 2 }
 providers:
   mock: { format: openai, base_url: "http://127.0.0.1:9190/v1", api_key: sk-provider }
 models:
-  bench-model: { provider: mock, name: mock-model }
+  bench-model: { provider: mock, name: mock-model, price: { input: 0.15, output: 0.60 } }
 routes:
   - { name: bench, match: { model: "bench-*" }, strategy: priority, targets: [bench-model] }
 EOF
+if [ -n "${GOVERNANCE:-}" ]; then
+  # Every level counted: an rpm log, a tpm window and a budget that never runs out.
+  team="bench-$$-$RANDOM"
+  [ "$GOVERNANCE" = redis ] && echo 'governance: { redis: "redis://127.0.0.1:6379" }' >> "$OUT/policy.yaml"
+  cat >> "$OUT/policy.yaml" <<EOF
+identity: { team: $team }
+teams:
+  $team: { limits: { rpm: 1000000, tpm: 1000000000 }, budget: { usd: 1000000, per: day } }
+EOF
+fi
 if [ -n "${SHIPPING:-}" ]; then
   # Usage events on: spooled to disk and shipped to a collector on SQLite (not under
   # valgrind: only the sidecar's instructions are counted, its spool and shipper included).

@@ -14,7 +14,7 @@
 
 use redis::aio::ConnectionManager;
 use redis::Script;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a decision may wait on Redis before `on_redis_down` applies.
@@ -149,10 +149,45 @@ pub struct Fleet {
     settle: Script,
 }
 
+/// One level's Redis keys for one budget period, made once and shared by its requests.
+pub struct Keys {
+    rpm: String,
+    tpm: String,
+    budget: String,
+    reservations: String,
+    amounts: String,
+}
+
+/// A level's `Keys`, remade when the period changes (formatting five key names for every
+/// request cost more than the rest of the decision on the sidecar's side).
+#[derive(Default)]
+pub struct KeyCache(Mutex<Option<(i64, Arc<Keys>)>>);
+
+impl KeyCache {
+    /// `level` is `<kind>:<name>`; `period` the budget period's start (0 without one).
+    pub fn get(&self, level: impl Fn() -> String, period: i64) -> Arc<Keys> {
+        let mut cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((p, k)) = cached.as_ref() {
+            if *p == period {
+                return k.clone();
+            }
+        }
+        let level = level();
+        let keys = Arc::new(Keys {
+            rpm: format!("{PREFIX}rpm:{level}"),
+            tpm: format!("{PREFIX}tpm:{level}"),
+            budget: format!("{PREFIX}b:{level}:{period}"),
+            reservations: format!("{PREFIX}r:{level}:{period}"),
+            amounts: format!("{PREFIX}ra:{level}:{period}"),
+        });
+        *cached = Some((period, keys.clone()));
+        keys
+    }
+}
+
 /// What one level asks of the admission script.
 pub struct LevelAsk {
-    /// `<kind>:<name>`.
-    pub level: String,
+    pub keys: Arc<Keys>,
     pub rpm: u32,
     pub tpm: u64,
     pub tokens: u64,
@@ -162,8 +197,6 @@ pub struct LevelAsk {
     pub skip: bool,
     /// The collector's figure for the period, set only if Redis has none yet.
     pub seed: Option<i64>,
-    /// Start of the budget period (Unix seconds), part of the budget's keys.
-    pub period: i64,
     /// Seconds the budget keys live (past the period's end).
     pub life: i64,
 }
@@ -182,8 +215,7 @@ pub enum Answer {
 
 /// What one level's settlement says.
 pub struct LevelSettle {
-    pub level: String,
-    pub period: i64,
+    pub keys: Arc<Keys>,
     pub estimated: u64,
     pub real: u64,
     pub counts_tokens: bool,
@@ -245,11 +277,12 @@ impl Fleet {
             .arg(ttl.as_millis() as u64)
             .arg(life);
         for l in levels {
-            call.key(format!("{PREFIX}rpm:{}", l.level))
-                .key(format!("{PREFIX}tpm:{}", l.level))
-                .key(format!("{PREFIX}b:{}:{}", l.level, l.period))
-                .key(format!("{PREFIX}r:{}:{}", l.level, l.period))
-                .key(format!("{PREFIX}ra:{}:{}", l.level, l.period));
+            let k = &l.keys;
+            call.key(&k.rpm)
+                .key(&k.tpm)
+                .key(&k.budget)
+                .key(&k.reservations)
+                .key(&k.amounts);
             call.arg(l.rpm)
                 .arg(l.tpm)
                 .arg(l.tokens)
@@ -301,10 +334,11 @@ impl Fleet {
         let mut call = self.settle.prepare_invoke();
         call.arg(levels.len()).arg(rid).arg(sec);
         for l in levels {
-            call.key(format!("{PREFIX}tpm:{}", l.level))
-                .key(format!("{PREFIX}b:{}:{}", l.level, l.period))
-                .key(format!("{PREFIX}r:{}:{}", l.level, l.period))
-                .key(format!("{PREFIX}ra:{}:{}", l.level, l.period));
+            let k = &l.keys;
+            call.key(&k.tpm)
+                .key(&k.budget)
+                .key(&k.reservations)
+                .key(&k.amounts);
             call.arg(l.estimated)
                 .arg(l.real)
                 .arg(u8::from(l.counts_tokens))

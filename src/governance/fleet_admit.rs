@@ -10,7 +10,6 @@ use super::{
 };
 use crate::error::{ErrorCode, ProxyError};
 use crate::price::Atto;
-use crate::telemetry::GovernanceMetrics;
 use chrono::Utc;
 use std::sync::Arc;
 
@@ -81,7 +80,7 @@ impl Governor {
                     None => (0, 0),
                 };
                 LevelAsk {
-                    level: level_key(l),
+                    keys: l.redis_keys.get(|| level_key(l), period),
                     rpm: l.rpm.unwrap_or(0),
                     tpm: l.tpm.unwrap_or(0),
                     tokens: ask.input_tokens,
@@ -89,7 +88,6 @@ impl Governor {
                     worst: nano_up(ask.worst_case),
                     skip: skip_budgets.contains(&l.kind),
                     seed: None,
-                    period,
                     life,
                 }
             })
@@ -130,15 +128,17 @@ impl Governor {
                 let mut figures = budgets.into_iter();
                 let mut held = Vec::with_capacity(counted.len());
                 for (l, a) in counted.iter().zip(&asks) {
+                    let state = self.state(l);
                     if let Some(b) = &l.budget {
                         if let Some((spent, reserved)) = figures.next() {
-                            publish(&self.metrics, l.kind, &l.name, b.limit, spent, reserved);
+                            state.gauges.budget(b.limit, atto(spent), atto(reserved));
                         }
                     }
                     held.push(FleetLevel {
+                        state,
                         kind: l.kind,
                         name: l.name.clone(),
-                        period: a.period,
+                        keys: a.keys.clone(),
                         counts_tokens: l.tpm.is_some(),
                         budget: l.budget.as_ref().map(|b| (b.limit, b.alert_at.clone())),
                     });
@@ -195,8 +195,7 @@ impl FleetHold {
                 .levels
                 .iter()
                 .map(|l| LevelSettle {
-                    level: format!("{}:{}", l.kind.as_str(), l.name),
-                    period: l.period,
+                    keys: l.keys.clone(),
                     estimated,
                     real,
                     counts_tokens: l.counts_tokens,
@@ -207,7 +206,7 @@ impl FleetHold {
                 Ok(figures) => {
                     let with_budget = self.levels.iter().filter_map(|l| l.budget.as_ref().map(|b| (l, b)));
                     for ((l, (limit, marks)), (spent, reserved)) in with_budget.zip(figures) {
-                        publish(&self.metrics, l.kind, &l.name, *limit, spent, reserved);
+                        l.state.gauges.budget(*limit, atto(spent), atto(reserved));
                         let before = atto(spent - nano_up(cost));
                         for mark in marks {
                             let at = (*limit as f64 * mark) as Atto;
@@ -226,23 +225,4 @@ impl FleetHold {
             }
         });
     }
-}
-
-fn publish(
-    m: &GovernanceMetrics,
-    kind: LevelKind,
-    name: &str,
-    limit: Atto,
-    spent: i64,
-    reserved: i64,
-) {
-    let labels = [kind.as_str(), name];
-    let usd = crate::price::usd_f64;
-    m.remaining
-        .with_label_values(&labels)
-        .set(usd(limit.saturating_sub(atto(spent))));
-    m.reserved
-        .with_label_values(&labels)
-        .set(usd(atto(reserved)));
-    m.spent.with_label_values(&labels).set(usd(atto(spent)));
 }

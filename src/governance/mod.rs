@@ -59,6 +59,8 @@ pub struct Level {
     pub budget: Option<Budget>,
     /// The level's counters, found in the `Governor` on first use under this policy.
     state: OnceLock<Arc<LevelState>>,
+    /// Its key names in Redis (fleet mode).
+    redis_keys: fleet::KeyCache,
 }
 
 impl Default for Level {
@@ -77,6 +79,7 @@ impl Level {
             tpm: None,
             budget: None,
             state: OnceLock::new(),
+            redis_keys: fleet::KeyCache::default(),
         }
     }
 
@@ -122,9 +125,40 @@ pub struct Budget {
 }
 
 /// The counters of one level, kept across reloads.
-#[derive(Default)]
 struct LevelState {
     inner: Mutex<Counters>,
+    gauges: Gauges,
+}
+
+/// The level's metric series, looked up once (a label lookup per request per gauge cost
+/// more than the admission itself).
+struct Gauges {
+    rpm: prometheus::IntGauge,
+    tpm: prometheus::IntGauge,
+    remaining: prometheus::Gauge,
+    reserved: prometheus::Gauge,
+    spent: prometheus::Gauge,
+}
+
+impl Gauges {
+    fn new(m: &GovernanceMetrics, kind: LevelKind, name: &str) -> Gauges {
+        let labels = [kind.as_str(), name];
+        Gauges {
+            rpm: m.rate_used.with_label_values(&[kind.as_str(), name, "rpm"]),
+            tpm: m.rate_used.with_label_values(&[kind.as_str(), name, "tpm"]),
+            remaining: m.remaining.with_label_values(&labels),
+            reserved: m.reserved.with_label_values(&labels),
+            spent: m.spent.with_label_values(&labels),
+        }
+    }
+
+    /// Budget figures in atto-dollars.
+    fn budget(&self, limit: Atto, spent: Atto, reserved: Atto) {
+        let usd = crate::price::usd_f64;
+        self.remaining.set(usd(limit.saturating_sub(spent)));
+        self.reserved.set(usd(reserved));
+        self.spent.set(usd(spent));
+    }
 }
 
 #[derive(Default)]
@@ -188,9 +222,10 @@ struct FleetHold {
 }
 
 struct FleetLevel {
+    state: Arc<LevelState>,
     kind: LevelKind,
     name: Arc<str>,
-    period: i64,
+    keys: Arc<fleet::Keys>,
     counts_tokens: bool,
     budget: Option<(Atto, Vec<f64>)>,
 }
@@ -219,7 +254,12 @@ impl Governor {
             .get_or_init(|| {
                 lock(&self.states)
                     .entry((level.kind, level.name.clone()))
-                    .or_default()
+                    .or_insert_with(|| {
+                        Arc::new(LevelState {
+                            inner: Mutex::default(),
+                            gauges: Gauges::new(&self.metrics, level.kind, &level.name),
+                        })
+                    })
                     .clone()
             })
             .clone()
@@ -321,7 +361,7 @@ impl Governor {
                 counts_tokens: level.tpm.is_some(),
                 budget: level.budget.as_ref().map(|b| (b.limit, b.alert_at.clone())),
             });
-            self.publish(level, c);
+            publish(level, state, c);
         }
         drop(guards);
         Verdict::Admit(Ticket {
@@ -443,45 +483,11 @@ impl Governor {
                 for mark in c.ledger.settle(ticket.reserved, cost, *limit, marks) {
                     alert(&self.metrics, h.kind, &h.name, mark, c.ledger.spent, *limit);
                 }
-                self.publish_budget(h.kind, &h.name, *limit, &c.ledger);
+                h.state
+                    .gauges
+                    .budget(*limit, c.ledger.spent, c.ledger.reserved);
             }
         }
-    }
-
-    fn publish(&self, level: &Level, c: &Counters) {
-        let (kind, name) = (level.kind.as_str(), &*level.name);
-        if level.rpm.is_some() {
-            self.metrics
-                .rate_used
-                .with_label_values(&[kind, name, "rpm"])
-                .set(c.requests.used() as i64);
-        }
-        if level.tpm.is_some() {
-            self.metrics
-                .rate_used
-                .with_label_values(&[kind, name, "tpm"])
-                .set(c.tokens.used() as i64);
-        }
-        if let Some(b) = &level.budget {
-            self.publish_budget(level.kind, &level.name, b.limit, &c.ledger);
-        }
-    }
-
-    fn publish_budget(&self, kind: LevelKind, name: &str, limit: Atto, l: &ledger::Ledger) {
-        let labels = [kind.as_str(), name];
-        let usd = crate::price::usd_f64;
-        self.metrics
-            .remaining
-            .with_label_values(&labels)
-            .set(usd(limit.saturating_sub(l.spent)));
-        self.metrics
-            .reserved
-            .with_label_values(&labels)
-            .set(usd(l.reserved));
-        self.metrics
-            .spent
-            .with_label_values(&labels)
-            .set(usd(l.spent));
     }
 }
 
@@ -532,6 +538,21 @@ fn levels_of<'r>(rules: &'r Rules, caller: &Caller) -> Vec<&'r Level> {
         out.push(&k.level);
     }
     out
+}
+
+/// The level's gauges after an admission.
+fn publish(level: &Level, state: &LevelState, c: &Counters) {
+    if level.rpm.is_some() {
+        state.gauges.rpm.set(c.requests.used() as i64);
+    }
+    if level.tpm.is_some() {
+        state.gauges.tpm.set(c.tokens.used() as i64);
+    }
+    if let Some(b) = &level.budget {
+        state
+            .gauges
+            .budget(b.limit, c.ledger.spent, c.ledger.reserved);
+    }
 }
 
 /// A budget crossed an `alert_at` mark: one log line and one count, per period.
