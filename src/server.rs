@@ -102,6 +102,72 @@ fn start_events(state: &Arc<State>, settings: &crate::events::Settings) -> Resul
     Ok(())
 }
 
+/// Every `governance.refresh`, with the collector the events go to (and their ingest
+/// token): the period's spend of each budget the policy names, into the governor; and,
+/// without Redis, this sidecar's reservations, out to the collector's `/v1/budgets`.
+async fn refresh_budgets(state: Arc<State>) {
+    use crate::governance::sync;
+    let client = match reqwest::Client::builder().no_proxy().build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("budget refresh: cannot build an HTTP client: {e}");
+            return;
+        }
+    };
+    // This process's name in the collector's reservations: its pod and a random part, so
+    // a restarted sidecar's report never mixes with its previous life's.
+    let sidecar = format!("{}/{:016x}", state.policy.load().pod.pod, fastrand::u64(..));
+    let mut failing = false;
+    let mut reported_some = false;
+    loop {
+        let policy = state.policy.load_full();
+        let refresh = policy.governance_settings.refresh;
+        if let Some(t) = &policy.telemetry {
+            let mut result = Ok(());
+            for per in sync::periods(&policy.governance) {
+                match sync::fetch(&client, &t.collector, t.token.as_deref(), per).await {
+                    Ok(spend) => state.governor.seed(&policy.governance, &spend),
+                    Err(e) => result = Err(e),
+                }
+            }
+            if policy.governance_settings.redis.is_none() {
+                let held = state.governor.held(&policy.governance);
+                // An idle sidecar that said so once stays quiet.
+                if !held.is_empty() || reported_some {
+                    let ttl = refresh * 3;
+                    let sent = sync::report(
+                        &client,
+                        &t.collector,
+                        t.token.as_deref(),
+                        &sidecar,
+                        ttl,
+                        &held,
+                    )
+                    .await;
+                    match sent {
+                        Ok(()) => reported_some = !held.is_empty(),
+                        Err(e) => result = Err(e),
+                    }
+                }
+            }
+            match result {
+                Ok(()) if std::mem::take(&mut failing) => {
+                    tracing::info!("budget refresh: the collector answers again");
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(
+                        "budget refresh: {e}; budgets count this sidecar's own spend until the collector answers"
+                    );
+                }
+                Err(_) => {}
+            }
+        }
+        tokio::time::sleep(refresh).await;
+    }
+}
+
 /// A small runtime of our own for the reload watcher, the readiness probe, and the sweeper
 /// of idle upstream connections.
 fn spawn_background(state: Arc<State>, proxy_addr: String, pool: Arc<Pool>) -> Result<(), String> {
@@ -127,6 +193,19 @@ fn spawn_background(state: Arc<State>, proxy_addr: String, pool: Arc<Pool>) -> R
             }
         })
         .map_err(|e| format!("cannot start the reload thread: {e}"))?;
+    let st = state.clone();
+    std::thread::Builder::new()
+        .name("budget-refresh".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(refresh_budgets(st)),
+                Err(e) => tracing::error!("cannot start the budget refresh runtime: {e}"),
+            }
+        })
+        .map_err(|e| format!("cannot start the budget refresh thread: {e}"))?;
     std::thread::Builder::new()
         .name("ready-probe".into())
         .spawn(move || {

@@ -232,11 +232,11 @@ async fn events_flow(database: &str) {
     // Budgets: the team's spend this period against the policy's budget.
     let (_, b) = collector.get(ADMIN_TOKEN, "/v1/budgets").await;
     let b: serde_json::Value = serde_json::from_str(&b).unwrap();
-    let research = b["teams"]
+    let research = b["levels"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|t| t["team"] == "research")
+        .find(|t| t["level"] == "team" && t["name"] == "research")
         .unwrap();
     assert_eq!(research["per"], "day");
     assert_eq!(research["requests"], 30);

@@ -324,3 +324,209 @@ async fn a_spent_budget_can_downgrade_instead_of_refusing() {
         3.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_sidecar_remembers_the_periods_spend_from_the_collector() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(dir.path(), &["--chunks", "10"]);
+    let collector = Collector::start(
+        dir.path(),
+        &format!("sqlite://{}/usage.db", dir.path().display()),
+    );
+    // 0.10 USD a day at 0.01 USD a request; the spend is read from the collector each second.
+    let policy = format!(
+        "{}identity: {{ team: research }}\ngovernance: {{ refresh: 1s }}\nteams:\n  research: {{ budget: {{ usd: 0.1, per: day }} }}\n{}",
+        catalog(&mock),
+        telemetry_yaml(collector.port, &dir.path().join("spool"), "")
+    );
+    let mut sc = start_proxy(dir.path(), &policy);
+    for _ in 0..6 {
+        assert_eq!(post(&sc, &ask("small"), None).await.0, 200);
+    }
+    collector
+        .wait_requests(6, "six requests reach the collector")
+        .await;
+    // A team reader may not read every team's spend; the ingest token (sidecars) may.
+    assert_eq!(
+        collector.get(RESEARCH_TOKEN, "/v1/spend?per=day").await.0,
+        401
+    );
+    let (status, body) = collector.get(INGEST_TOKEN, "/v1/spend?per=day").await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["teams"]["research"], 60_000_000_000i64,
+        "0.06 USD in pico-dollars"
+    );
+
+    // Killed and started again: its own count is gone, the collector's is not.
+    sc.restart();
+    sc.wait_ready();
+    sc.wait_metric(
+        SPENT,
+        0.06 - 1e-9,
+        "the spend is read back from the collector",
+    )
+    .await;
+    let got = burst(&sc, 10, &ask("small"), None).await;
+    assert_eq!(got, counts(&[("200", 4), ("429 budget_exceeded", 6)]));
+}
+
+/// Waits until `/v1/budgets` shows `field` of a level at `usd` (to the atto-dollar).
+async fn wait_budget(c: &Collector, level: &str, name: &str, field: &str, usd: f64) {
+    c.wait_budget(level, name, field, usd).await;
+}
+
+async fn alerts(c: &Collector, token: &str) -> Vec<(String, String, f64)> {
+    let (status, body) = c.get(token, "/v1/alerts").await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["level"].as_str().unwrap().to_string(),
+                a["name"].as_str().unwrap().to_string(),
+                a["mark"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_collector_shows_every_levels_spend_reservations_and_alerts_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/usage.db", dir.path().display());
+    budgets_at_the_collector(dir.path(), &db, false).await;
+}
+
+/// On PostgreSQL, with a second collector replica checking the same budgets: each alert
+/// is still recorded once.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_collector_shows_every_levels_spend_reservations_and_alerts_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = PgDb::create();
+    budgets_at_the_collector(dir.path(), &db.url(), true).await;
+}
+
+async fn budgets_at_the_collector(dir: &std::path::Path, db: &str, replica: bool) {
+    let mock = Mock::start(dir, &["--chunks", "10"]);
+    let check = "budget_check: 200ms\n";
+    let collector = Collector::start_with(dir, db, free_port(), check);
+    let second = replica.then(|| Collector::start_with(dir, db, free_port(), check));
+    let (key, hash) = new_key();
+    let policy = format!(
+        "{}identity: {{ team: research }}\ngovernance: {{ refresh: 300ms }}\norg: {{ budget: {{ usd: 1, per: month }} }}\nteams:\n  research:\n    budget: {{ usd: 0.1, per: day, alert_at: [0.2, 0.5] }}\n    keys:\n      - {{ id: k, hash: \"{hash}\", budget: {{ usd: 0.05, per: week }} }}\n  ops: {{ budget: {{ usd: 3, per: day }} }}\n{}",
+        catalog(&mock),
+        telemetry_yaml(collector.port, &dir.join("spool"), "")
+    );
+    let sc = start_proxy(dir, &policy);
+
+    // Three slow requests through the key hold their worst case (0.01 USD) at every level,
+    // and the sidecar reports it.
+    mock.set(json!({"chunks": 10, "latency_ms": 3_000})).await;
+    let body = ask("small");
+    let slow = futures_util::future::join_all((0..3).map(|_| post(&sc, &body, Some(&key))));
+    let watch = async {
+        for (level, name) in [("org", "org"), ("team", "research"), ("key", "k")] {
+            wait_budget(&collector, level, name, "reserved_usd", 0.03).await;
+        }
+        let row = collector.budget(ADMIN_TOKEN, "key", "k").await;
+        assert_eq!(row["reserved_from"], "sidecars");
+        assert_eq!(row["team"], "research");
+        assert_eq!(row["per"], "week");
+        assert_eq!(row["remaining_usd"].as_f64(), Some(0.02));
+    };
+    let (answers, ()) = tokio::join!(slow, watch);
+    assert!(answers.iter().all(|a| a.0 == 200));
+    mock.set(json!({"chunks": 10, "latency_ms": 0})).await;
+
+    // Settled: nothing reserved, 0.03 spent at each level.
+    collector.wait_requests(3, "three requests stored").await;
+    for (level, name, budget) in [
+        ("org", "org", 1.0),
+        ("team", "research", 0.1),
+        ("key", "k", 0.05),
+    ] {
+        wait_budget(&collector, level, name, "reserved_usd", 0.0).await;
+        let row = collector.budget(ADMIN_TOKEN, level, name).await;
+        assert_eq!(row["spend_usd"].as_f64(), Some(0.03), "{row}");
+        assert_eq!(row["budget_usd"].as_f64(), Some(budget), "{row}");
+        assert!((row["remaining_usd"].as_f64().unwrap() - (budget - 0.03)).abs() < 1e-12);
+        assert_eq!(row["requests"], 3);
+    }
+    let ops = collector.budget(ADMIN_TOKEN, "team", "ops").await;
+    assert_eq!(
+        (ops["spend_usd"].as_f64(), ops["requests"].as_i64()),
+        (Some(0.0), Some(0))
+    );
+
+    // 0.03 of 0.10 crossed the team's 20 % mark: one alert. Two more requests cross 50 %.
+    let start = std::time::Instant::now();
+    while alerts(&collector, ADMIN_TOKEN).await.is_empty() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "no alert"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for _ in 0..2 {
+        assert_eq!(post(&sc, &ask("small"), None).await.0, 200);
+    }
+    collector.wait_requests(5, "five requests stored").await;
+    let want = vec![
+        ("team".to_string(), "research".to_string(), 0.2),
+        ("team".to_string(), "research".to_string(), 0.5),
+    ];
+    let start = std::time::Instant::now();
+    while alerts(&collector, ADMIN_TOKEN).await.len() < 2 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "no second alert"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Checked again and again (every 200 ms), each mark stays one alert.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(alerts(&collector, ADMIN_TOKEN).await, want);
+    assert_eq!(alerts(&collector, RESEARCH_TOKEN).await, want);
+    let mut recorded = 0.0;
+    for c in std::iter::once(&collector).chain(second.as_ref()) {
+        let (_, metrics) = c.get("", "/metrics").await;
+        recorded += metric_value(
+            &metrics,
+            "switchyard_collector_budget_alerts_total{level=\"team\"}",
+        );
+    }
+    assert_eq!(recorded, 2.0, "each alert recorded by one replica only");
+
+    // A team reader sees its team and its keys, not the org nor other teams.
+    let (_, body) = collector.get(RESEARCH_TOKEN, "/v1/budgets").await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let seen: Vec<(&str, &str)> = v["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["level"].as_str().unwrap(), l["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(seen, vec![("team", "research"), ("key", "k")]);
+    // Reports need the ingest token, and are checked.
+    let r = client()
+        .post(format!("{}/v1/reservations", collector.url()))
+        .bearer_auth(RESEARCH_TOKEN)
+        .json(&json!({"sidecar": "x", "ttl_s": 5, "held": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client()
+        .post(format!("{}/v1/reservations", collector.url()))
+        .bearer_auth(INGEST_TOKEN)
+        .json(&json!({"sidecar": "x", "ttl_s": 5, "held": [{"level": "galaxy", "name": "x", "period_start": 0, "pico": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}

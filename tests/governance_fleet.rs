@@ -249,6 +249,12 @@ async fn a_killed_sidecars_reservations_expire() {
         &format!("identity: {{ team: {team} }}\nteams:\n  {team}: {{ budget: {{ usd: 0.1, per: day }} }}\n"),
     );
     let (mut a, b) = two_sidecars(dir.path(), &body);
+    // The collector reads the same policy, and the reservations from its Redis.
+    std::fs::write(dir.path().join("policy.yaml"), &body).unwrap();
+    let collector = Collector::start(
+        dir.path(),
+        &format!("sqlite://{}/usage.db", dir.path().display()),
+    );
     // Ten slow requests on A hold the whole budget…
     mock.set(json!({"chunks": 10, "latency_ms": 30_000})).await;
     let a_url = a.url();
@@ -273,6 +279,10 @@ async fn a_killed_sidecars_reservations_expire() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let row = collector.budget(ADMIN_TOKEN, "team", team).await;
+    assert_eq!(row["reserved_from"], "redis", "{row}");
+    assert_eq!(row["reserved_usd"].as_f64(), Some(0.1), "{row}");
+    assert_eq!(row["remaining_usd"].as_f64(), Some(0.0), "{row}");
     mock.set(json!({"chunks": 10, "latency_ms": 0})).await;
     // …so B is refused while they are in flight.
     assert_eq!(post(&b, None).await, (429, "budget_exceeded".into()));
@@ -283,8 +293,15 @@ async fn a_killed_sidecars_reservations_expire() {
         let _ = h.await;
     }
     tokio::time::sleep(Duration::from_millis(3_200)).await;
+    // Expired, they no longer count, though Redis gives them back only at its next decision.
+    let row = collector.budget(ADMIN_TOKEN, "team", team).await;
+    assert_eq!(row["reserved_usd"].as_f64(), Some(0.0), "{row}");
     let got = burst(&b, &b, 12, None).await;
     assert_eq!(got, counts(&[("200", 10), ("429 budget_exceeded", 2)]));
+    b.wait_idle().await;
+    collector
+        .wait_budget("team", team, "redis_spent_usd", 0.1)
+        .await;
     let _ = a.proc.child.kill();
 }
 
@@ -336,5 +353,60 @@ async fn redis_stopped_open_admits_closed_refuses_both_counted() {
             "never recovered from Redis's return"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_that_lost_its_data_is_seeded_once_from_the_collector() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(dir.path(), &["--chunks", "10"]);
+    let redis = OwnRedis::start_on(free_port());
+    let collector = Collector::start(
+        dir.path(),
+        &format!("sqlite://{}/usage.db", dir.path().display()),
+    );
+    // Each sidecar with a spool of its own.
+    let body = |name: &str| {
+        policy(
+            &mock,
+            &redis.url(),
+            &format!(
+                "identity: {{ team: research }}\nteams:\n  research: {{ budget: {{ usd: 0.1, per: day }} }}\n{}",
+                telemetry_yaml(collector.port, &dir.path().join(name).join("spool"), "")
+            ),
+        )
+        .replace("reservation_ttl: 3s", "reservation_ttl: 3s, refresh: 1s")
+    };
+    let start = |name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        start_proxy(&d, &body(name))
+    };
+    let (a, b) = (start("a"), start("b"));
+    for i in 0..6 {
+        assert_eq!(post(if i % 2 == 0 { &a } else { &b }, None).await.0, 200);
+    }
+    collector
+        .wait_requests(6, "six requests reach the collector")
+        .await;
+    // Redis restarts empty (it keeps nothing on disk here).
+    let out = Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "FLUSHALL"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // Both sidecars read the collector's 0.06 USD and offer it; Redis takes it once.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let got = burst(&a, &b, 10, None).await;
+    assert_eq!(got, counts(&[("200", 4), ("429 budget_exceeded", 6)]));
+    a.wait_idle().await;
+    b.wait_idle().await;
+    let start = Instant::now();
+    while redis_budget(redis.port, "team:research", "spent") != 100_000_000 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "spent never reached 0.10 USD"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

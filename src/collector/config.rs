@@ -14,9 +14,13 @@ struct Raw {
     listen: String,
     #[serde(default = "default_database")]
     database: String,
-    /// The sidecars' policy file: its `teams:` budgets, for `/v1/budgets`.
+    /// The sidecars' policy file: its budgets (org, teams, keys) for `/v1/budgets` and
+    /// budget alerts, and its `governance.redis` for the reservations held there.
     #[serde(default)]
     policy: Option<String>,
+    /// How often budgets are checked against their `alert_at` marks.
+    #[serde(default = "default_budget_check")]
+    budget_check: String,
     #[serde(default)]
     tokens: RawTokens,
     #[serde(default)]
@@ -31,6 +35,9 @@ fn default_listen() -> String {
 }
 fn default_database() -> String {
     "sqlite:///var/lib/switchyard/usage.db".into()
+}
+fn default_budget_check() -> String {
+    "10s".into()
 }
 fn default_max_body() -> usize {
     64 << 20
@@ -100,6 +107,7 @@ pub struct CollectorConfig {
     pub readers: Vec<Reader>,
     pub raw_retention: Duration,
     pub max_body_bytes: usize,
+    pub budget_check: Duration,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -188,8 +196,11 @@ pub fn parse(text: &str, env: &dyn Env, dir: Option<&Path>) -> Result<CollectorC
     if raw.max_body_bytes < 1 << 16 {
         return Err(field("max_body_bytes", "must be at least 65536".into()));
     }
+    let budget_check = crate::config::positive_duration("budget_check", &raw.budget_check)
+        .map_err(|e| e.to_string())?;
     Ok(CollectorConfig {
         listen,
+        budget_check,
         database,
         policy,
         ingest,

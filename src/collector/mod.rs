@@ -24,6 +24,8 @@ pub struct App {
     pub store: Arc<store::Store>,
     pub ingest: ingest::Ingestor,
     pub metrics: Metrics,
+    /// The policy's `governance.redis`, for the reservations held there.
+    pub redis: std::sync::Mutex<Option<Arc<crate::governance::fleet::Fleet>>>,
 }
 
 pub struct Metrics {
@@ -34,6 +36,8 @@ pub struct Metrics {
     pub batches: IntCounterVec,
     pub ingest_seconds: HistogramVec,
     pub retention_deleted: IntCounter,
+    /// Budget alerts recorded, by level.
+    pub budget_alerts: IntCounterVec,
 }
 
 impl Metrics {
@@ -67,6 +71,14 @@ impl Metrics {
             "switchyard_collector_retention_deleted_total",
             "Raw events deleted by retention (roll-ups are kept)",
         )?;
+        let budget_alerts = IntCounterVec::new(
+            Opts::new(
+                "switchyard_collector_budget_alerts_total",
+                "Budgets that crossed an alert_at mark (each level, mark and period once)",
+            ),
+            &["level"],
+        )?;
+        registry.register(Box::new(budget_alerts.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(batches.clone()))?;
         registry.register(Box::new(ingest_seconds.clone()))?;
@@ -77,6 +89,7 @@ impl Metrics {
             batches,
             ingest_seconds,
             retention_deleted,
+            budget_alerts,
         })
     }
 
@@ -123,8 +136,10 @@ pub async fn serve(cfg: config::CollectorConfig) -> Result<(), String> {
         store,
         ingest,
         metrics,
+        redis: std::sync::Mutex::new(None),
     });
     tokio::spawn(retention(app.clone()));
+    tokio::spawn(budget_alerts(app.clone()));
     axum::serve(listener, api::router(app))
         .with_graceful_shutdown(stop_signal())
         .await
@@ -162,5 +177,45 @@ async fn retention(app: Arc<App>) {
             Err(e) => tracing::warn!("retention: {e}"),
         }
         tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+/// Every `budget_check`, records the `alert_at` marks the stored spend crossed: each once
+/// per level and period (the database's key decides, so replicas agree), with a warning
+/// line and a count.
+async fn budget_alerts(app: Arc<App>) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(app.cfg.budget_check).await;
+        let Some(path) = &app.cfg.policy else { return };
+        let result = match budgets::read(path) {
+            Ok(policy) => budgets::check_alerts(&app, &policy)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(new) => {
+                failing = false;
+                for a in new {
+                    app.metrics
+                        .budget_alerts
+                        .with_label_values(&[&a.level])
+                        .inc();
+                    tracing::warn!(
+                        level = a.level,
+                        name = a.name,
+                        spend_usd = %crate::price::usd_decimal(query::usd(a.spend_pico).0),
+                        budget_usd = %crate::price::usd_decimal(query::usd(a.budget_pico).0),
+                        "budget alert: {} % of the period's budget is spent",
+                        a.mark_ppm as f64 / 1e4
+                    );
+                }
+            }
+            Err(e) if !std::mem::replace(&mut failing, true) => {
+                tracing::warn!("budget alerts: {e}");
+            }
+            Err(_) => {}
+        }
     }
 }

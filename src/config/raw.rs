@@ -323,7 +323,8 @@ pub struct RawGovernance {
     /// A reservation whose sidecar never settled it (killed) is released after this.
     #[serde(default = "default_reservation_ttl")]
     pub reservation_ttl: String,
-    /// How often the period's spend is read from the collector's `/v1/budgets`.
+    /// How often the period's spend is read from the collector (`/v1/spend`), and the
+    /// reservations reported to it.
     #[serde(default = "default_budget_refresh")]
     pub refresh: String,
 }

@@ -139,6 +139,24 @@ end
 return out
 ";
 
+/// Reads budgets without changing them (the collector's `/v1/budgets`): per level, the
+/// period's `spent` and the reservations not yet expired.
+const READ: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for i = 0, #KEYS / 3 - 1 do
+  local b, r, a = KEYS[i * 3 + 1], KEYS[i * 3 + 2], KEYS[i * 3 + 3]
+  local reserved = 0
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', r, '(' .. now, '+inf')) do
+    reserved = reserved + tonumber(redis.call('HGET', a, id) or '0')
+  end
+  out[#out + 1] = tonumber(redis.call('HGET', b, 'spent') or '0')
+  out[#out + 1] = reserved
+end
+return out
+";
+
 /// One Redis, its connection made on first use and remade after a failure.
 pub struct Fleet {
     pub url: String,
@@ -147,6 +165,7 @@ pub struct Fleet {
     failed_at: Mutex<Option<Instant>>,
     admit: Script,
     settle: Script,
+    read: Script,
 }
 
 /// One level's Redis keys for one budget period, made once and shared by its requests.
@@ -172,16 +191,27 @@ impl KeyCache {
                 return k.clone();
             }
         }
-        let level = level();
-        let keys = Arc::new(Keys {
+        let keys = Arc::new(Keys::new(&level(), period));
+        *cached = Some((period, keys.clone()));
+        keys
+    }
+}
+
+/// `<kind>:<name>`, a level's part of its Redis keys.
+pub fn level_id(kind: &str, name: &str) -> String {
+    format!("{kind}:{name}")
+}
+
+impl Keys {
+    /// `level` is `<kind>:<name>`; `period` the budget period's start (0 without one).
+    pub fn new(level: &str, period: i64) -> Keys {
+        Keys {
             rpm: format!("{PREFIX}rpm:{level}"),
             tpm: format!("{PREFIX}tpm:{level}"),
             budget: format!("{PREFIX}b:{level}:{period}"),
             reservations: format!("{PREFIX}r:{level}:{period}"),
             amounts: format!("{PREFIX}ra:{level}:{period}"),
-        });
-        *cached = Some((period, keys.clone()));
-        keys
+        }
     }
 }
 
@@ -233,6 +263,7 @@ impl Fleet {
             failed_at: Mutex::new(None),
             admit: Script::new(ADMIT),
             settle: Script::new(SETTLE),
+            read: Script::new(READ),
         })
     }
 
@@ -348,6 +379,29 @@ impl Fleet {
             .await
             .map_err(|_| "Redis did not answer in time".to_string())?
             .map_err(|e| format!("Redis: {e}"))?;
+        Ok(reply
+            .chunks(2)
+            .map(|c| (c[0], c.get(1).copied().unwrap_or(0)))
+            .collect())
+    }
+
+    /// `(spent, live reservations)` in nano-dollars for each `(level, period start)`,
+    /// where `level` is `<kind>:<name>`; zeros for a level Redis holds nothing of.
+    pub async fn read_budgets(&self, levels: &[(String, i64)]) -> Result<Vec<(i64, i64)>, String> {
+        if levels.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut con = self.connection().await?;
+        let mut call = self.read.prepare_invoke();
+        for (level, period) in levels {
+            let k = Keys::new(level, *period);
+            call.key(k.budget).key(k.reservations).key(k.amounts);
+        }
+        let reply: Vec<i64> =
+            tokio::time::timeout(Duration::from_secs(2), call.invoke_async(&mut con))
+                .await
+                .map_err(|_| "Redis did not answer in time".to_string())?
+                .map_err(|e| format!("Redis: {e}"))?;
         Ok(reply
             .chunks(2)
             .map(|c| (c[0], c.get(1).copied().unwrap_or(0)))

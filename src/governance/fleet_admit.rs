@@ -29,7 +29,7 @@ fn atto(nano: i64) -> Atto {
 
 /// `<kind>:<name>`, the level's part of its Redis keys.
 fn level_key(level: &Level) -> String {
-    format!("{}:{}", level.kind.as_str(), level.name)
+    super::fleet::level_id(level.kind.as_str(), &level.name)
 }
 
 impl Governor {
@@ -87,7 +87,11 @@ impl Governor {
                     limit: l.budget.as_ref().map(|b| nano_down(b.limit)),
                     worst: nano_up(ask.worst_case),
                     skip: skip_budgets.contains(&l.kind),
-                    seed: None,
+                    seed: l
+                        .budget
+                        .as_ref()
+                        .and_then(|_| self.seed_of(l.kind, &l.name, period))
+                        .map(nano_up),
                     life,
                 }
             })

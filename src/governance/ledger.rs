@@ -1,17 +1,34 @@
 //! One level's budget in this process: what the period has spent, what requests in flight
 //! have reserved (their worst case), and which alert marks were crossed.
 //! Amounts are exact atto-dollars, as the accounting computes them.
+//!
+//! The period's spend is this process's own, or — once the collector's figure for the
+//! period is known (`seed`) — that figure plus what this process settled since shortly
+//! before it was read, whichever is more. The collector's figure brings in what other
+//! sidecars (and this one before a restart) spent; the margin (`SHIP_LAG`) covers events
+//! still on their way to the collector when it was read.
 
 use crate::price::Atto;
 use chrono::{DateTime, Utc};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// How long an event may take from its request's end to the collector's figure (batch
+/// wait, spool, delivery), counted twice rather than missed.
+pub const SHIP_LAG: Duration = Duration::from_secs(10);
+/// Own settlements kept per second for this long, for when a figure arrives.
+const HISTORY: Duration = Duration::from_secs(600);
 
 #[derive(Default, Debug)]
 pub struct Ledger {
-    /// Start of the period `spent` belongs to.
+    /// Start of the period the amounts belong to.
     period: Option<DateTime<Utc>>,
-    /// Settled spend in the period: the collector's figure when known, plus this
-    /// process's own spend not yet in it.
-    pub spent: Atto,
+    /// What this process settled in the period.
+    own: Atto,
+    /// The collector's figure for the period and when it was read.
+    collector: Option<(Atto, Instant)>,
+    /// This process's settlements by second (oldest first), for the last `HISTORY`.
+    recent: VecDeque<(Instant, Atto)>,
     /// Worst cases of admitted requests not settled yet.
     pub reserved: Atto,
     /// Alert marks (`alert_at`) already crossed this period.
@@ -24,14 +41,38 @@ impl Ledger {
     pub fn roll(&mut self, start: DateTime<Utc>) {
         if self.period != Some(start) {
             self.period = Some(start);
-            self.spent = 0;
+            self.own = 0;
+            self.collector = None;
+            self.recent.clear();
             self.alerted = 0;
+        }
+    }
+
+    /// The start of the period the amounts belong to, once one began.
+    pub fn period(&self) -> Option<DateTime<Utc>> {
+        self.period
+    }
+
+    /// The period's spend as this process knows it.
+    pub fn spent(&self) -> Atto {
+        match self.collector {
+            Some((figure, at)) => {
+                let since = at.checked_sub(SHIP_LAG).unwrap_or(at);
+                let mine: Atto = self
+                    .recent
+                    .iter()
+                    .filter(|(t, _)| *t >= since)
+                    .map(|(_, a)| a)
+                    .sum();
+                self.own.max(figure + mine)
+            }
+            None => self.own,
         }
     }
 
     /// What the budget can still promise.
     pub fn available(&self, limit: Atto) -> Atto {
-        limit.saturating_sub(self.spent.saturating_add(self.reserved))
+        limit.saturating_sub(self.spent().saturating_add(self.reserved))
     }
 
     pub fn reserve(&mut self, amount: Atto) {
@@ -47,16 +88,35 @@ impl Ledger {
     /// (fractions of `limit`) this spend crossed.
     pub fn settle(&mut self, reserved: Atto, cost: Atto, limit: Atto, marks: &[f64]) -> Vec<f64> {
         self.release(reserved);
-        self.spent += cost;
+        self.own += cost;
+        let now = Instant::now();
+        match self.recent.back_mut() {
+            Some((t, a)) if now.duration_since(*t) < Duration::from_secs(1) => *a += cost,
+            _ => self.recent.push_back((now, cost)),
+        }
+        while self
+            .recent
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > HISTORY)
+        {
+            self.recent.pop_front();
+        }
+        let spent = self.spent();
         let mut crossed = Vec::new();
         while let Some(&mark) = marks.get(self.alerted) {
-            if (self.spent as f64) < mark * limit as f64 {
+            if (spent as f64) < mark * limit as f64 {
                 break;
             }
             crossed.push(mark);
             self.alerted += 1;
         }
         crossed
+    }
+
+    /// The collector's figure for the period `start`, read at `at`.
+    pub fn seed(&mut self, start: DateTime<Utc>, figure: Atto, at: Instant) {
+        self.roll(start);
+        self.collector = Some((figure, at));
     }
 }
 
@@ -81,5 +141,25 @@ mod tests {
         // A new day: spend and alerts start again.
         l.roll(day + chrono::Duration::days(1));
         assert_eq!(l.available(limit), 100);
+    }
+
+    #[test]
+    fn the_collectors_figure_adds_what_others_spent() {
+        let day = Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).unwrap();
+        let mut l = Ledger::default();
+        l.roll(day);
+        l.settle(0, 10, 1000, &[]);
+        // The collector has 50 (others' 40 and these 10): own spend since just before the
+        // read is counted again rather than missed.
+        l.seed(day, 50, Instant::now());
+        assert_eq!(l.spent(), 60);
+        l.settle(0, 5, 1000, &[]);
+        assert_eq!(l.spent(), 65);
+        // A figure below what this process alone spent never lowers the spend.
+        l.seed(day, 3, Instant::now() + SHIP_LAG + Duration::from_secs(5));
+        assert_eq!(l.spent(), 15);
+        // A figure for another period starts that period.
+        l.seed(day + chrono::Duration::days(1), 7, Instant::now());
+        assert_eq!(l.spent(), 7);
     }
 }

@@ -7,12 +7,13 @@
 //! budgets — and either refuses the request or hands back a `Ticket` holding its
 //! reservations, which the request settles at its end (or releases if it never ran).
 
-mod fleet;
+pub mod fleet;
 mod fleet_admit;
 pub mod identity;
 mod ledger;
 mod limits;
 mod period;
+pub mod sync;
 
 pub use identity::{Caller, Presented};
 pub use period::Per;
@@ -176,6 +177,8 @@ pub struct Governor {
     states: Mutex<AHashMap<LevelKey, Arc<LevelState>>>,
     /// The Redis of `governance.redis`, kept while the URL stays the same.
     fleet: Mutex<Option<Arc<fleet::Fleet>>>,
+    /// The collector's spend figures by level: (period start, atto-dollars).
+    seeds: Mutex<AHashMap<LevelKey, (i64, Atto)>>,
     metrics: GovernanceMetrics,
 }
 
@@ -207,7 +210,6 @@ pub struct Ticket {
     /// In fleet mode, the hold is in Redis.
     fleet: Option<FleetHold>,
     input_tokens: u64,
-    second: u64,
     reserved: Atto,
     settled: bool,
 }
@@ -232,6 +234,8 @@ struct FleetLevel {
 
 struct Hold {
     state: Arc<LevelState>,
+    /// The tpm bucket the request was counted in.
+    second: u64,
     kind: LevelKind,
     name: Arc<str>,
     counts_tokens: bool,
@@ -244,6 +248,7 @@ impl Governor {
         Governor {
             states: Mutex::new(AHashMap::new()),
             fleet: Mutex::new(None),
+            seeds: Mutex::new(AHashMap::new()),
             metrics,
         }
     }
@@ -342,9 +347,9 @@ impl Governor {
 
         // Admitted: count it everywhere, under the same locks.
         let mut holds = Vec::with_capacity(counted.len());
-        let mut second = 0;
         for ((level, c), state) in counted.iter().zip(guards.iter_mut()).zip(&states) {
-            second = c.tokens.second(now);
+            // Each level's window counts seconds from its own first use.
+            let second = c.tokens.second(now);
             if level.rpm.is_some() {
                 c.requests.admit(now);
             }
@@ -356,6 +361,7 @@ impl Governor {
             }
             holds.push(Hold {
                 state: state.clone(),
+                second,
                 kind: level.kind,
                 name: level.name.clone(),
                 counts_tokens: level.tpm.is_some(),
@@ -368,7 +374,6 @@ impl Governor {
             holds,
             fleet: None,
             input_tokens: ask.input_tokens,
-            second,
             reserved: ask.worst_case,
             settled: false,
         })
@@ -476,16 +481,22 @@ impl Governor {
         for h in &ticket.holds {
             let mut c = lock(&h.state.inner);
             if h.counts_tokens {
-                c.tokens
-                    .settle(ticket.second, ticket.input_tokens, input_tokens);
+                c.tokens.settle(h.second, ticket.input_tokens, input_tokens);
             }
             if let Some((limit, marks)) = &h.budget {
                 for mark in c.ledger.settle(ticket.reserved, cost, *limit, marks) {
-                    alert(&self.metrics, h.kind, &h.name, mark, c.ledger.spent, *limit);
+                    alert(
+                        &self.metrics,
+                        h.kind,
+                        &h.name,
+                        mark,
+                        c.ledger.spent(),
+                        *limit,
+                    );
                 }
                 h.state
                     .gauges
-                    .budget(*limit, c.ledger.spent, c.ledger.reserved);
+                    .budget(*limit, c.ledger.spent(), c.ledger.reserved);
             }
         }
     }
@@ -498,7 +509,6 @@ impl Ticket {
             holds: Vec::new(),
             fleet: None,
             input_tokens,
-            second: 0,
             reserved: 0,
             settled: false,
         }
@@ -518,7 +528,7 @@ impl Drop for Ticket {
         for h in &self.holds {
             let mut c = lock(&h.state.inner);
             if h.counts_tokens {
-                c.tokens.settle(self.second, self.input_tokens, 0);
+                c.tokens.settle(h.second, self.input_tokens, 0);
             }
             if h.budget.is_some() {
                 c.ledger.release(self.reserved);
@@ -551,7 +561,7 @@ fn publish(level: &Level, state: &LevelState, c: &Counters) {
     if let Some(b) = &level.budget {
         state
             .gauges
-            .budget(b.limit, c.ledger.spent, c.ledger.reserved);
+            .budget(b.limit, c.ledger.spent(), c.ledger.reserved);
     }
 }
 

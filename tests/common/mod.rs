@@ -375,10 +375,15 @@ impl Collector {
     }
 
     pub fn start_on(dir: &Path, database: &str, port: u16) -> Collector {
+        Collector::start_with(dir, database, port, "")
+    }
+
+    /// With `extra` lines in its config.
+    pub fn start_with(dir: &Path, database: &str, port: u16, extra: &str) -> Collector {
         let config = dir.join(format!("collector-{port}.yaml"));
         let hash = switchyard::collector::auth::hash_line;
         let text = format!(
-            "listen: 127.0.0.1:{port}\ndatabase: \"{database}\"\npolicy: policy.yaml\ntokens:\n  ingest: [\"{}\"]\n  readers:\n    - {{ hash: \"{}\", role: admin }}\n    - {{ hash: \"{}\", role: team, team: research }}\n",
+            "listen: 127.0.0.1:{port}\ndatabase: \"{database}\"\npolicy: policy.yaml\ntokens:\n  ingest: [\"{}\"]\n  readers:\n    - {{ hash: \"{}\", role: admin }}\n    - {{ hash: \"{}\", role: team, team: research }}\n{extra}",
             hash(INGEST_TOKEN),
             hash(ADMIN_TOKEN),
             hash(RESEARCH_TOKEN),
@@ -440,6 +445,36 @@ impl Collector {
             .unwrap();
         let status = r.status().as_u16();
         (status, r.text().await.unwrap())
+    }
+
+    /// `/v1/budgets`' row for one level (null if it has none).
+    pub async fn budget(&self, token: &str, level: &str, name: &str) -> serde_json::Value {
+        let (status, body) = self.get(token, "/v1/budgets").await;
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["levels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["level"] == level && l["name"] == name)
+            .cloned()
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Waits until `/v1/budgets` shows `field` of a level at `usd` (admin token).
+    pub async fn wait_budget(&self, level: &str, name: &str, field: &str, usd: f64) {
+        let start = Instant::now();
+        loop {
+            let row = self.budget(ADMIN_TOKEN, level, name).await;
+            if row[field].as_f64().is_some_and(|v| (v - usd).abs() < 1e-12) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "{level} {name}: {field} never reached {usd}: {row}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// `/v1/usage` as JSON (admin token unless given).

@@ -49,9 +49,9 @@ def test_sdk_usage_reaches_the_collector_exactly(collector_stack):
         assert r["cost_usd"] == expected, (model, r["cost_usd"], expected)
         assert r["errors"] == 0
     # The same through the team's budget view.
-    budgets = json.loads(s.collector_get("/v1/budgets"), parse_float=Decimal)["teams"]
+    budgets = json.loads(s.collector_get("/v1/budgets"), parse_float=Decimal)["levels"]
     spend = sum((PRICES[m][0] * v[1] + PRICES[m][1] * v[2]) / Decimal(1_000_000)
                 for m, v in seen.items())
-    assert budgets[0]["team"] == "research"
+    assert (budgets[0]["level"], budgets[0]["name"]) == ("team", "research")
     assert budgets[0]["spend_usd"] == spend
     assert budgets[0]["remaining_usd"] == Decimal(50) - spend

@@ -6,7 +6,10 @@
 //! so a batch delivered twice is stored once) and the roll-ups of exactly the events that
 //! were new. The caller acknowledges the batch only after the commit.
 
+mod governance;
 mod rollups;
+
+pub use governance::{Alert, Held};
 
 use super::config::Database;
 use super::query::UsageQuery;

@@ -5,7 +5,9 @@
 
 use super::config::Role;
 use super::store::Incoming;
-use super::{auth, budgets, dashboard, query, App};
+mod budgets;
+
+use super::{auth, dashboard, query, App};
 use crate::events::UsageEvent;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, State};
@@ -27,7 +29,10 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/events", post(ingest).get(list_events))
         .route("/v1/usage", get(usage))
-        .route("/v1/budgets", get(budget_status))
+        .route("/v1/budgets", get(budgets::status))
+        .route("/v1/spend", get(budgets::spend))
+        .route("/v1/reservations", post(budgets::report_reservations))
+        .route("/v1/alerts", get(budgets::alerts))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -265,60 +270,6 @@ async fn list_events(State(app): AppState, headers: HeaderMap, Query(p): Params)
     }
     body.push('}');
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
-async fn budget_status(State(app): AppState, headers: HeaderMap) -> Response {
-    let role = match reader(&app, &headers) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
-    let Some(path) = &app.cfg.policy else {
-        return axum::Json(serde_json::json!({ "teams": [] })).into_response();
-    };
-    let list = match budgets::read(path) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!("budgets: {e}");
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "policy_unreadable",
-                "the policy file's budgets cannot be read; see the collector's log",
-            );
-        }
-    };
-    let now = chrono::Utc::now();
-    let mut teams = Vec::new();
-    for b in list {
-        if team_of(&role).is_some_and(|own| own != b.team) {
-            continue;
-        }
-        let (start, end) = b.per.period(now);
-        let q = query::UsageQuery {
-            from_hour: start.timestamp(),
-            to_hour: end.timestamp(),
-            group_by: Vec::new(),
-            team: Some(b.team.clone()),
-            model: None,
-        };
-        let rows = match app.store.usage(&q).await {
-            Ok(r) => r,
-            Err(e) => return unavailable(&e),
-        };
-        let spent: i64 = rows.iter().map(|r| r.sums.cost_pico).sum();
-        let requests: i64 = rows.iter().map(|r| r.sums.requests).sum();
-        let usd = |p: i64| serde_json::to_value(query::usd(p.max(0))).unwrap_or_default();
-        teams.push(serde_json::json!({
-            "team": b.team,
-            "per": b.per.as_str(),
-            "period_start": start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            "period_end": end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            "budget_usd": usd(b.pico),
-            "spend_usd": usd(spent),
-            "remaining_usd": usd(b.pico - spent),
-            "requests": requests,
-        }));
-    }
-    axum::Json(serde_json::json!({ "teams": teams })).into_response()
 }
 
 async fn metrics(State(app): AppState) -> Response {
