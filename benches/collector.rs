@@ -78,6 +78,7 @@ fn event(i: u64, ts: chrono::DateTime<chrono::Utc>) -> UsageEvent {
         decision: Decision {
             strategy: "weighted".into(),
             reason: None,
+            score: None,
         },
     }
 }

@@ -26,6 +26,41 @@ fn fifty_route_policy() -> switchyard::policy::Policy {
     switchyard::config::from_str(&y, &ProcessEnv, 1).expect("bench policy")
 }
 
+const STRATEGIES: &str = r#"
+providers:
+  p: { format: openai, base_url: "http://127.0.0.1:9/v1", api_key: k }
+models:
+  a: { provider: p, quality: 60, price: { input: 0.15, output: 0.6 } }
+  b: { provider: p, quality: 80, price: { input: 2.5, output: 10 } }
+  c: { provider: p, quality: 90, price: { input: 3, output: 15 } }
+routes:
+  - { name: cheapest, match: { model: cheapest }, strategy: cheapest, targets: [a, b, c] }
+  - { name: fastest, match: { model: fastest }, strategy: fastest, targets: [a, b, c] }
+  - { name: least-busy, match: { model: least-busy }, strategy: least-busy, targets: [a, b, c] }
+  - name: complexity
+    match: { model: complexity }
+    strategy: complexity
+    tiers: [ { model: a, up_to: 0.35 }, { model: b, up_to: 0.7 }, c ]
+"#;
+
+/// A chat request whose user message is `size` bytes of English prose with numbers, the
+/// way a real prompt reads (the scorer's work depends on words and their kinds).
+fn prose_body(size: usize) -> Bytes {
+    const TEXT: &str = "Suppose a train leaves the station at 3 pm travelling at 60 miles per hour, and a second train follows it 45 minutes later at 75 miles per hour. Explain why the second train catches up, calculate when it does, and then summarize the answer in one sentence for a child. ";
+    let mut content = String::with_capacity(size + TEXT.len());
+    while content.len() < size {
+        content.push_str(TEXT);
+    }
+    content.truncate(size);
+    Bytes::from(
+        serde_json::to_vec(&serde_json::json!({
+            "model": "complexity",
+            "messages": [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": content}],
+        }))
+        .unwrap_or_default(),
+    )
+}
+
 fn chat_body(size: usize) -> Bytes {
     let content = "x".repeat(size);
     Bytes::from(
@@ -51,7 +86,9 @@ fn sse_stream(chunks: usize) -> Vec<u8> {
 
 fn benches(c: &mut Criterion) {
     let policy = fifty_route_policy();
+    let seen = route::Observed::default();
     let headers = HeaderMap::new();
+    let small = chat_body(200);
     c.bench_function("route/50-routes-last-match", |b| {
         b.iter(|| {
             let input = RouteInput {
@@ -60,10 +97,42 @@ fn benches(c: &mut Criterion) {
                 host_provider: None,
                 path: "/v1/chat/completions",
                 headers: &headers,
+                body: &small,
+                max_tokens: None,
             };
-            black_box(route::plan(&policy, &input).ok())
+            black_box(route::plan(&policy, &seen, &input).ok())
         })
     });
+
+    // Each strategy's plan over three targets (health read, ordering, the explanation).
+    let strategies = switchyard::config::from_str(STRATEGIES, &ProcessEnv, 1).expect("policy");
+    for model in ["cheapest", "fastest", "least-busy", "complexity"] {
+        c.bench_function(&format!("route/strategy/{model}"), |b| {
+            b.iter(|| {
+                let input = RouteInput {
+                    model: black_box(model),
+                    host: None,
+                    host_provider: None,
+                    path: "/v1/chat/completions",
+                    headers: &headers,
+                    body: &small,
+                    max_tokens: Some(200),
+                };
+                black_box(route::plan(&strategies, &seen, &input).ok())
+            })
+        });
+    }
+
+    // The complexity score of prompts of ordinary English prose with some numbers.
+    for (name, size) in [("1KB", 1024), ("8KB", 8 * 1024), ("32KB", 32 * 1024)] {
+        let body = prose_body(size);
+        let mut g = c.benchmark_group(format!("complexity/{name}"));
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_function("score", |b| {
+            b.iter(|| black_box(route::complexity::score(black_box(&body))))
+        });
+        g.finish();
+    }
 
     for (name, size) in [("2KB", 1900), ("256KB", 256 * 1024)] {
         let body = chat_body(size);

@@ -55,6 +55,10 @@ impl ServeHttp for Admin {
             "/metrics" => {
                 let used = self.state.body_memory_used();
                 self.state.metrics.body_memory.set(used as i64);
+                let health = &self.state.metrics.routing.target_health;
+                for (model, h) in self.state.observed.targets.snapshot() {
+                    health.with_label_values(&[&*model]).set(h.gauge());
+                }
                 reply(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",

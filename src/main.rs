@@ -67,6 +67,10 @@ enum Command {
     /// Make a new random token (collector ingest or reader): prints the token once, and the
     /// `sha256:` line to put in the config.
     Token,
+    /// Complexity scores: reads one JSON request body a line on stdin
+    /// (`{"messages":[…]}`) and prints its score in [0, 1] a line (0.5 for a line that is
+    /// not a chat request).
+    Complexity,
     /// Virtual keys for governance (`teams.<team>.keys`).
     Keys {
         #[command(subcommand)]
@@ -188,6 +192,25 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+        Command::Complexity => {
+            use std::io::{BufRead, Write};
+            let stdin = std::io::stdin().lock();
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for line in stdin.lines() {
+                let Ok(line) = line else {
+                    eprintln!("switchyard complexity: stdin is not UTF-8 text");
+                    return ExitCode::FAILURE;
+                };
+                let score = switchyard::route::complexity::score(line.as_bytes());
+                if writeln!(out, "{score}").is_err() {
+                    return ExitCode::FAILURE;
+                }
+            }
+            if out.flush().is_err() {
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
         }
         Command::Token => {
             let token = switchyard::collector::auth::new_token();

@@ -122,6 +122,10 @@ pub struct Model {
     pub max_tokens: Option<u32>,
     /// From the model entry, else the price catalog by provider model id.
     pub price: Option<crate::price::Price>,
+    /// The operator's rating, 0–100 (`quality:`), for `min_quality`.
+    pub quality: Option<f64>,
+    /// Its health and load in this process (`route::Observed`), found on first use.
+    pub health: std::sync::OnceLock<Arc<crate::route::health::Target>>,
 }
 
 #[derive(Debug, Clone)]
@@ -136,8 +140,13 @@ pub struct Route {
     pub strategy: Strategy,
     /// Catalog model indices tried after the strategy's own choice, in order.
     pub fallbacks: Vec<usize>,
+    /// Targets rated below this (`quality:`) are not chosen; a request may raise it with
+    /// `x-switchyard-min-quality`.
+    pub min_quality: Option<f64>,
     pub retry: Retry,
     pub timeouts: Timeouts,
+    /// Its retry budget in this process (`route::Observed`), found on first use.
+    pub budget: std::sync::OnceLock<Arc<crate::route::retry_budget::RetryBudget>>,
 }
 
 #[derive(Default)]
@@ -181,6 +190,15 @@ pub enum Strategy {
     /// The client's model name is kept; the provider comes from the request's host,
     /// else from the route's `provider`.
     Passthrough { provider: Option<usize> },
+    /// The request's complexity score picks the first tier whose `up_to` holds it; a tier
+    /// that is unavailable moves up. The last tier has no bound.
+    Complexity { tiers: Vec<(usize, f64)> },
+    /// The lowest expected cost among available targets.
+    Cheapest { targets: Vec<usize> },
+    /// Power of two choices over peak-EWMA response time × (requests in flight + 1).
+    Fastest { targets: Vec<usize> },
+    /// Power of two choices over requests in flight.
+    LeastBusy { targets: Vec<usize> },
 }
 
 impl Strategy {
@@ -189,6 +207,23 @@ impl Strategy {
             Strategy::Weighted { .. } => "weighted",
             Strategy::Priority { .. } => "priority",
             Strategy::Passthrough { .. } => "passthrough",
+            Strategy::Complexity { .. } => "complexity",
+            Strategy::Cheapest { .. } => "cheapest",
+            Strategy::Fastest { .. } => "fastest",
+            Strategy::LeastBusy { .. } => "least-busy",
+        }
+    }
+
+    /// The catalog models the strategy chooses among, in the policy's order.
+    pub fn targets(&self) -> Vec<usize> {
+        match self {
+            Strategy::Weighted { targets, .. } => targets.iter().map(|(m, _)| *m).collect(),
+            Strategy::Complexity { tiers } => tiers.iter().map(|(m, _)| *m).collect(),
+            Strategy::Priority { targets }
+            | Strategy::Cheapest { targets }
+            | Strategy::Fastest { targets }
+            | Strategy::LeastBusy { targets } => targets.clone(),
+            Strategy::Passthrough { .. } => Vec::new(),
         }
     }
 }
@@ -314,22 +349,58 @@ impl Policy {
             } else {
                 conds.join(" ")
             };
-            let targets = match &r.strategy {
+            let alias = |m: &usize| {
+                let m = &self.models[*m];
+                match m.quality {
+                    Some(q) => format!("{}(q{q})", m.alias),
+                    None => m.alias.to_string(),
+                }
+            };
+            let list = |ms: &[usize], sep: &str| ms.iter().map(alias).collect::<Vec<_>>().join(sep);
+            let mut targets = match &r.strategy {
                 Strategy::Weighted { targets, .. } => targets
                     .iter()
                     .map(|(m, w)| format!("{}({w})", self.models[*m].alias))
                     .collect::<Vec<_>>()
                     .join(", "),
-                Strategy::Priority { targets } => targets
-                    .iter()
-                    .map(|m| self.models[*m].alias.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" > "),
+                Strategy::Priority { targets } => list(targets, " > "),
                 Strategy::Passthrough { provider } => match provider {
                     Some(p) => format!("request host, else {}", self.providers[*p].name),
                     None => "request host".to_string(),
                 },
+                Strategy::Complexity { tiers } => tiers
+                    .iter()
+                    .map(|(m, up_to)| {
+                        if up_to.is_finite() {
+                            format!("score<={up_to}: {}", alias(m))
+                        } else {
+                            format!("else: {}", alias(m))
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                Strategy::Cheapest { targets } => {
+                    let priced = targets
+                        .iter()
+                        .map(|m| match &self.models[*m].price {
+                            Some(p) => format!(
+                                "{} (${}/${} per Mtok)",
+                                alias(m),
+                                p.input as f64 / 1e12,
+                                p.output as f64 / 1e12
+                            ),
+                            None => format!("{} (no price)", alias(m)),
+                        })
+                        .collect::<Vec<_>>();
+                    priced.join(", ")
+                }
+                Strategy::Fastest { targets } | Strategy::LeastBusy { targets } => {
+                    list(targets, ", ")
+                }
             };
+            if let Some(q) = r.min_quality {
+                targets.push_str(&format!("; min_quality {q}"));
+            }
             let fallbacks = r
                 .fallbacks
                 .iter()

@@ -25,6 +25,8 @@ pub struct State {
     pub events: std::sync::OnceLock<crate::events::Recorder>,
     /// Rate windows and budget ledgers of every governance level, kept across reloads.
     pub governor: crate::governance::Governor,
+    /// Each target's health and load, each route's retry budget, kept across reloads.
+    pub observed: crate::route::Observed,
 }
 
 impl State {
@@ -45,6 +47,7 @@ impl State {
             draining: AtomicBool::new(false),
             events: std::sync::OnceLock::new(),
             governor,
+            observed: crate::route::Observed::default(),
         })
     }
 

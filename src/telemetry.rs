@@ -36,6 +36,58 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     pub events: EventMetrics,
     pub governance: GovernanceMetrics,
+    pub routing: RoutingMetrics,
+}
+
+/// Routing decisions and target health. Labels are route names and catalog aliases from
+/// the policy, so bounded.
+#[derive(Clone)]
+pub struct RoutingMetrics {
+    /// Requests planned, by route, strategy and the model chosen first.
+    pub decisions: IntCounterVec,
+    /// 0 healthy, 1 on probation (its probe pending), 2 ejected or waiting out a
+    /// `Retry-After`; by model, as of the last scrape.
+    pub target_health: IntGaugeVec,
+    pub ejections: IntCounterVec,
+    /// Retries not made because the route's retry budget was spent.
+    pub retry_budget_exhausted: IntCounterVec,
+}
+
+impl RoutingMetrics {
+    fn new(registry: &Registry) -> Self {
+        let target_health = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_target_health",
+                "Passive health of each target model: 0 healthy, 1 probation, 2 ejected or in Retry-After",
+            ),
+            &["model"],
+        )
+        .unwrap_or_else(|e| panic!("metric switchyard_target_health is malformed: {e}"));
+        registry
+            .register(Box::new(target_health.clone()))
+            .unwrap_or_else(|e| panic!("metric switchyard_target_health registered twice: {e}"));
+        RoutingMetrics {
+            decisions: counter(
+                registry,
+                "switchyard_route_decisions_total",
+                "Requests planned, by route, strategy and the model chosen first",
+                &["route", "strategy", "model"],
+            ),
+            target_health,
+            ejections: counter(
+                registry,
+                "switchyard_target_ejections_total",
+                "Targets ejected by outlier detection (consecutive failures, failure rate, failed probe), by model",
+                &["model"],
+            ),
+            retry_budget_exhausted: counter(
+                registry,
+                "switchyard_retry_budget_exhausted_total",
+                "Retries or fallbacks not attempted because the route's retry budget was spent, by route",
+                &["route"],
+            ),
+        }
+    }
 }
 
 /// Admission (`governance`): rejections, rate-limit use, budgets. Labels name policy
@@ -311,6 +363,7 @@ impl Metrics {
             ),
             events: EventMetrics::new(&registry),
             governance: GovernanceMetrics::new(&registry),
+            routing: RoutingMetrics::new(&registry),
             registry,
         }
     }

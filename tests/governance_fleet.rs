@@ -38,12 +38,16 @@ governance: {{ redis: "{redis}", on_redis_down: closed, reservation_ttl: 3s }}
     )
 }
 
-/// Two sidecars on one policy, each in its own directory.
+/// Two sidecars on one policy, each in its own directory (`SPOOL_DIR` in the policy
+/// becomes a spool of its own there).
 fn two_sidecars(dir: &Path, body: &str) -> (Sidecar, Sidecar) {
     let start = |name: &str| {
         let d = dir.join(name);
         std::fs::create_dir_all(&d).unwrap();
-        start_proxy(&d, body)
+        start_proxy(
+            &d,
+            &body.replace("SPOOL_DIR", d.join("spool").to_str().unwrap()),
+        )
     };
     (start("a"), start("b"))
 }
@@ -120,11 +124,19 @@ async fn two_sidecars_share_one_team_budget_exactly() {
     let mock = Mock::start(dir.path(), &["--chunks", "10"]);
     let team = unique("research");
     // 1.00 USD a day at 0.01 USD a request: exactly 100 requests, whichever sidecar.
+    let collector = Collector::start(
+        dir.path(),
+        &format!("sqlite://{}/usage.db", dir.path().display()),
+    );
     let body = policy(
         &mock,
         MACHINE_REDIS,
-        &format!("identity: {{ team: {team} }}\nteams:\n  {team}: {{ budget: {{ usd: 1.0, per: day }} }}\n"),
+        &format!(
+            "identity: {{ team: {team} }}\nteams:\n  {team}: {{ budget: {{ usd: 1.0, per: day }} }}\n{}",
+            telemetry_yaml(collector.port, Path::new("SPOOL_DIR"), "")
+        ),
     );
+    std::fs::write(dir.path().join("policy.yaml"), &body).unwrap();
     let (a, b) = two_sidecars(dir.path(), &body);
     let got = burst(&a, &b, 200, None).await;
     assert_eq!(got, counts(&[("200", 100), ("429 budget_exceeded", 100)]));
@@ -149,6 +161,13 @@ async fn two_sidecars_share_one_team_budget_exactly() {
     assert_eq!(post(&a, None).await, (429, "budget_exceeded".into()));
     assert_eq!(post(&b, None).await, (429, "budget_exceeded".into()));
     assert_eq!(mock.requests().await.len(), 100);
+    // The collector holds the same: 100 answered, 102 refusals, 1.00 USD spent.
+    collector.wait_requests(202, "every request's event").await;
+    let row = collector.budget(ADMIN_TOKEN, "team", &team).await;
+    assert_eq!(row["spend_usd"].as_f64(), Some(1.0), "{row}");
+    assert_eq!(row["redis_spent_usd"].as_f64(), Some(1.0), "{row}");
+    assert_eq!(row["reserved_usd"].as_f64(), Some(0.0), "{row}");
+    assert_eq!(row["remaining_usd"].as_f64(), Some(0.0), "{row}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -362,6 +362,10 @@ models:
   m-dead: {{ provider: dead, name: dead-model }}
   m-failing: {{ provider: failing, name: failing-model }}
   m-good: {{ provider: good, name: good-model }}
+  # The same provider under other names: each name has health of its own, and the 503
+  # above (Retry-After: 7) takes m-failing out of service for 7 s.
+  m-failing-b: {{ provider: failing, name: failing-model }}
+  m-failing-c: {{ provider: failing, name: failing-model }}
 routes:
   - name: from-dead
     match: {{ model: dead-first }}
@@ -375,11 +379,11 @@ routes:
   - name: all-failing
     match: {{ model: only-failing }}
     strategy: priority
-    targets: [m-dead, m-failing]
+    targets: [m-dead, m-failing-b]
   - name: no-retry-on-5xx
     match: {{ model: strict }}
     strategy: priority
-    targets: [m-failing, m-good]
+    targets: [m-failing-c, m-good]
     retry: {{ on: [connect] }}
 "#,
         f = failing.url(),
@@ -458,7 +462,7 @@ routes:
     );
 
     // Every target dead: 502 upstream_unavailable from the proxy itself.
-    let yaml2 = yaml.replace("targets: [m-dead, m-failing]", "targets: [m-dead]");
+    let yaml2 = yaml.replace("targets: [m-dead, m-failing-b]", "targets: [m-dead]");
     write_policy(&sc.config, sc.port, sc.admin, &yaml2);
     sc.wait_generation(2).await;
     let resp = client()

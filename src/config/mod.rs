@@ -24,8 +24,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Strategies named in the design that later work will add; rejected by name until then.
-const LATER_STRATEGIES: &[&str] = &["complexity", "cheapest", "fastest", "least-busy"];
 /// Wire formats named in the design that are not translated yet.
 const LATER_FORMATS: &[&str] = &[];
 
@@ -407,6 +405,16 @@ fn compile(
             },
             upstream: Arc::from(upstream),
             max_tokens: rm.max_tokens,
+            quality: match rm.quality {
+                Some(q) if !(0.0..=100.0).contains(&q) => {
+                    return Err(ConfigError::new(
+                        format!("models.{alias}.quality"),
+                        "must be between 0 and 100",
+                    ))
+                }
+                q => q,
+            },
+            health: std::sync::OnceLock::new(),
         });
     }
 
@@ -427,7 +435,13 @@ fn compile(
                 format!("duplicate route name {:?}", rr.name),
             ));
         }
-        routes.push(compile_route(rr, &field, &model_index, &provider_index)?);
+        routes.push(compile_route(
+            rr,
+            &field,
+            &models,
+            &model_index,
+            &provider_index,
+        )?);
     }
 
     let (governance, governance_settings) = governance::compile(&raw, env, &model_index, &routes)?;

@@ -218,6 +218,9 @@ pub struct RawModel {
     pub price: Option<RawPrice>,
     #[serde(default)]
     pub max_tokens: Option<u32>,
+    /// The operator's rating, 0–100 (e.g. from a public leaderboard), for `min_quality`.
+    #[serde(default)]
+    pub quality: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -241,8 +244,12 @@ pub struct RawRoute {
     pub strategy: String,
     #[serde(default)]
     pub targets: Vec<RawTarget>,
+    /// For `complexity`: `[{model, up_to: 0.35}, …, {model}]`, easiest first.
     #[serde(default)]
-    pub tiers: Vec<String>,
+    pub tiers: Vec<RawTier>,
+    /// Targets rated below this `quality` are not chosen.
+    #[serde(default)]
+    pub min_quality: Option<f64>,
     /// For `passthrough`: the provider to use when the request's host names none.
     #[serde(default)]
     pub provider: Option<String>,
@@ -265,6 +272,22 @@ pub struct RawMatch {
     pub path: Option<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+}
+
+/// A complexity tier: a bare model name (the last, unbounded tier) or `{ model, up_to }`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawTier {
+    Name(String),
+    Bounded(RawBoundedTier),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBoundedTier {
+    pub model: String,
+    #[serde(default)]
+    pub up_to: Option<f64>,
 }
 
 /// A target is either a bare model name or `{ model, weight }`.

@@ -1,8 +1,11 @@
 //! Routes: match conditions, strategy and targets, fallbacks, retry and timeouts.
 
-use super::raw::{RawRoute, RawTarget};
-use super::{header_name, parse_duration, ConfigError, LATER_STRATEGIES};
-use crate::policy::{Matcher, Pattern, Retry, Route, Strategy, Timeouts};
+use super::raw::{RawRoute, RawTarget, RawTier};
+use super::{header_name, parse_duration, ConfigError};
+use crate::policy::{Matcher, Model, Pattern, Retry, Route, Strategy, Timeouts};
+
+const STRATEGIES: &str =
+    "weighted, priority, passthrough, complexity, cheapest, fastest, least-busy";
 use ahash::AHashMap;
 use std::sync::Arc;
 
@@ -17,9 +20,58 @@ fn resolve_model(
         .ok_or_else(|| ConfigError::new(field, format!("unknown model {name:?} (not in models:)")))
 }
 
+/// `[{model, up_to}, …, model]`: bounds strictly rising within (0, 1]; the last tier has
+/// none (held as infinity).
+fn compile_tiers(
+    raw: &[RawTier],
+    field: &str,
+    model_index: &AHashMap<String, usize>,
+) -> Result<Vec<(usize, f64)>, ConfigError> {
+    if raw.is_empty() {
+        return Err(ConfigError::new(field, "at least one tier is required"));
+    }
+    let mut tiers = Vec::with_capacity(raw.len());
+    let mut below = 0.0;
+    for (i, t) in raw.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        let last = i + 1 == raw.len();
+        let (name, up_to) = match t {
+            RawTier::Name(n) => (n.as_str(), None),
+            RawTier::Bounded(b) => (b.model.as_str(), b.up_to),
+        };
+        let model = resolve_model(&format!("{at}.model"), name, model_index)?;
+        let bound = match (up_to, last) {
+            (None, true) => f64::INFINITY,
+            (None, false) => {
+                return Err(ConfigError::new(
+                    format!("{at}.up_to"),
+                    "every tier but the last needs up_to (a score in (0, 1])",
+                ))
+            }
+            (Some(_), true) => {
+                return Err(ConfigError::new(
+                    format!("{at}.up_to"),
+                    "the last tier takes every score above the others: leave up_to out",
+                ))
+            }
+            (Some(u), false) if u > below && u <= 1.0 => u,
+            (Some(_), false) => {
+                return Err(ConfigError::new(
+                    format!("{at}.up_to"),
+                    format!("must be above {below} and at most 1 (tiers go from easy to hard)"),
+                ))
+            }
+        };
+        below = bound;
+        tiers.push((model, bound));
+    }
+    Ok(tiers)
+}
+
 pub(super) fn compile_route(
     rr: &RawRoute,
     field: &str,
+    models: &[Model],
     model_index: &AHashMap<String, usize>,
     provider_index: &AHashMap<String, usize>,
 ) -> Result<Route, ConfigError> {
@@ -39,39 +91,58 @@ pub(super) fn compile_route(
     }
 
     let targets_field = format!("{field}.targets");
+    let resolve_targets = || -> Result<Vec<(usize, u32)>, ConfigError> {
+        if rr.targets.is_empty() {
+            return Err(ConfigError::new(
+                &targets_field,
+                "at least one target is required",
+            ));
+        }
+        let mut resolved = Vec::with_capacity(rr.targets.len());
+        for (i, t) in rr.targets.iter().enumerate() {
+            let (name, weight) = match t {
+                RawTarget::Name(n) => (n.as_str(), 1),
+                RawTarget::Weighted(w) => (w.model.as_str(), w.weight),
+            };
+            let idx = resolve_model(&format!("{targets_field}[{i}].model"), name, model_index)?;
+            resolved.push((idx, weight));
+        }
+        Ok(resolved)
+    };
+    let names = |v: Vec<(usize, u32)>| v.into_iter().map(|(m, _)| m).collect::<Vec<_>>();
     let strategy = match rr.strategy.as_str() {
-        "weighted" | "priority" => {
-            if rr.targets.is_empty() {
+        "weighted" => {
+            let targets = resolve_targets()?;
+            let total: u32 = targets.iter().map(|(_, w)| *w).sum();
+            if total == 0 {
                 return Err(ConfigError::new(
                     &targets_field,
-                    "at least one target is required",
+                    "weights must not all be zero",
                 ));
             }
-            let mut resolved = Vec::with_capacity(rr.targets.len());
-            for (i, t) in rr.targets.iter().enumerate() {
-                let (name, weight) = match t {
-                    RawTarget::Name(n) => (n.as_str(), 1),
-                    RawTarget::Weighted(w) => (w.model.as_str(), w.weight),
-                };
-                let idx = resolve_model(&format!("{targets_field}[{i}].model"), name, model_index)?;
-                resolved.push((idx, weight));
+            Strategy::Weighted { targets, total }
+        }
+        "priority" => Strategy::Priority {
+            targets: names(resolve_targets()?),
+        },
+        "cheapest" => Strategy::Cheapest {
+            targets: names(resolve_targets()?),
+        },
+        "fastest" => Strategy::Fastest {
+            targets: names(resolve_targets()?),
+        },
+        "least-busy" => Strategy::LeastBusy {
+            targets: names(resolve_targets()?),
+        },
+        "complexity" => {
+            if !rr.targets.is_empty() {
+                return Err(ConfigError::new(
+                    &targets_field,
+                    "the complexity strategy takes tiers, not targets",
+                ));
             }
-            if rr.strategy == "weighted" {
-                let total: u32 = resolved.iter().map(|(_, w)| *w).sum();
-                if total == 0 {
-                    return Err(ConfigError::new(
-                        &targets_field,
-                        "weights must not all be zero",
-                    ));
-                }
-                Strategy::Weighted {
-                    targets: resolved,
-                    total,
-                }
-            } else {
-                Strategy::Priority {
-                    targets: resolved.into_iter().map(|(m, _)| m).collect(),
-                }
+            Strategy::Complexity {
+                tiers: compile_tiers(&rr.tiers, &format!("{field}.tiers"), model_index)?,
             }
         }
         "passthrough" => {
@@ -92,23 +163,17 @@ pub(super) fn compile_route(
             };
             Strategy::Passthrough { provider }
         }
-        s if LATER_STRATEGIES.contains(&s) => {
-            return Err(ConfigError::new(
-                format!("{field}.strategy"),
-                format!("strategy {s:?} is not supported yet (weighted, priority, passthrough)"),
-            ))
-        }
         s => {
             return Err(ConfigError::new(
                 format!("{field}.strategy"),
-                format!("unknown strategy {s:?} (weighted, priority, passthrough)"),
+                format!("unknown strategy {s:?} ({STRATEGIES})"),
             ))
         }
     };
-    if !rr.tiers.is_empty() {
+    if !rr.tiers.is_empty() && !matches!(strategy, Strategy::Complexity { .. }) {
         return Err(ConfigError::new(
             format!("{field}.tiers"),
-            "tiers belong to the complexity strategy, which is not supported yet",
+            "tiers belong to the complexity strategy",
         ));
     }
     if rr.provider.is_some() && !matches!(strategy, Strategy::Passthrough { .. }) {
@@ -128,10 +193,28 @@ pub(super) fn compile_route(
     }
 
     let plan_len = match &strategy {
-        Strategy::Weighted { targets, .. } => targets.len(),
-        Strategy::Priority { targets } => targets.len(),
         Strategy::Passthrough { .. } => 1,
+        s => s.targets().len(),
     } + fallbacks.len();
+    let min_quality = match rr.min_quality {
+        None => None,
+        Some(q) if !(0.0..=100.0).contains(&q) => {
+            return Err(ConfigError::new(
+                format!("{field}.min_quality"),
+                "must be between 0 and 100",
+            ))
+        }
+        Some(q) => {
+            let meets = |m: &usize| models[*m].quality.is_some_and(|mq| mq >= q);
+            if !strategy.targets().iter().any(meets) {
+                return Err(ConfigError::new(
+                    format!("{field}.min_quality"),
+                    format!("no target is rated {q} or more (quality in models)"),
+                ));
+            }
+            Some(q)
+        }
+    };
     let mut retry = Retry {
         attempts: plan_len as u32,
         on_connect: true,
@@ -189,7 +272,9 @@ pub(super) fn compile_route(
         matcher,
         strategy,
         fallbacks,
+        min_quality,
         retry,
         timeouts,
+        budget: std::sync::OnceLock::new(),
     })
 }

@@ -129,9 +129,9 @@ fn precise_errors() {
         "targets: [ { model: nope",
     ));
     assert_eq!(e.field, "routes[0].targets[0].model");
-    let e = err(&GOOD.replace("strategy: weighted", "strategy: cheapest"));
-    assert_eq!(e.field, "routes[0].strategy");
-    assert!(e.message.contains("not supported yet"));
+    let e = err(&GOOD.replace("strategy: weighted", "strategy: complexity"));
+    assert_eq!(e.field, "routes[0].targets");
+    assert!(e.message.contains("tiers"), "{}", e.message);
     let e = err(&GOOD.replace("strategy: weighted", "strategy: bogus"));
     assert!(e.message.contains("unknown strategy"));
     let e = err(&GOOD.replace("first_byte: 30s", "first_byte: soon"));

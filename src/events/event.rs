@@ -73,12 +73,16 @@ pub struct PolicyVersion {
 }
 
 /// How the upstream was chosen. Routing strategies fill in more as they learn to explain.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Decision {
     pub strategy: Arc<str>,
     /// Why this target, in a few words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Arc<str>>,
+    /// The request's complexity score in [0, 1], where its route computed one (what
+    /// `switchyard whatif` re-routes by).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
 }
 
 /// A USD amount held exactly as integer atto-dollars (10⁻¹⁸), serialised as a JSON number
@@ -287,6 +291,10 @@ impl UsageEvent {
         if let Some(r) = &self.decision.reason {
             w.field_str(key!("reason"), r);
         }
+        if let Some(score) = self.decision.score.filter(|s| s.is_finite()) {
+            w.raw(key!("score"));
+            w.raw(ryu::Buffer::new().format_finite(score));
+        }
         w.raw("}}");
     }
 }
@@ -421,6 +429,7 @@ mod tests {
             decision: Decision {
                 strategy: "weighted".into(),
                 reason: None,
+                score: None,
             },
         }
     }
@@ -442,6 +451,7 @@ mod tests {
         e.error_code = Some("upstream_timeout".into());
         e.ttft_ms = None;
         e.decision.reason = Some("attempt 2 of the plan".into());
+        e.decision.score = Some(0.4321);
         e.team = "quote\" back\\ nl\n tab\t bell\u{7} é 😀".into();
         e.cost_usd = Usd(123_456_789_000_000_000_001);
         e.input_tokens = u64::MAX;

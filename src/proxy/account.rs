@@ -21,6 +21,10 @@ pub(crate) struct Record {
     pub key_id: Option<Arc<str>>,
     pub requested_model: Option<Arc<str>>,
     pub strategy: &'static str,
+    /// Why the plan chose its first target (`route::Plan::explain`).
+    pub explain: Option<Arc<str>>,
+    /// The request's complexity score, where its route computed one.
+    pub score: Option<f64>,
     pub attempts: u32,
     pub fallback: bool,
     pub stream: bool,
@@ -41,11 +45,16 @@ pub(super) fn event(ctx: &Ctx, status: u16) -> Option<UsageEvent> {
     }
     let policy = r.policy.as_deref()?;
     let usage = r.usage.unwrap_or_default();
-    let reason: Option<Arc<str>> = match (r.fallback, r.attempts) {
-        (true, n) => Some(Arc::from(format!(
-            "attempt {n} of the plan, after failures"
+    let reason: Option<Arc<str>> = match (&r.explain, r.fallback) {
+        (Some(e), true) => Some(Arc::from(format!(
+            "{e}; attempt {} of the plan, after failures",
+            r.attempts
         ))),
-        _ => None,
+        (None, true) => Some(Arc::from(format!(
+            "attempt {} of the plan, after failures",
+            r.attempts
+        ))),
+        (e, false) => e.clone(),
     };
     let ts = chrono::Utc::now().trunc_subsecs(3);
     Some(UsageEvent {
@@ -85,6 +94,7 @@ pub(super) fn event(ctx: &Ctx, status: u16) -> Option<UsageEvent> {
                 r.strategy
             }),
             reason,
+            score: r.score,
         },
     })
 }

@@ -9,6 +9,7 @@ use crate::error::{ErrorCode, ProxyError};
 use crate::policy::{Policy, Provider, Retry, Timeouts};
 use crate::provider::{self, ClientRequest};
 use crate::rewrite::{Body, BodyProbe, COALESCE_MAX};
+use crate::route::health::{Change, Outcome, Target};
 use crate::route::{Attempt, Plan};
 use crate::telemetry::AttemptOutcome;
 use crate::upstream;
@@ -20,6 +21,7 @@ use pingora::proxy::Session;
 use pingora::upstreams::peer::Peer;
 use pingora::RetryType;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub struct LlmRequest {
     pub path_and_query: String,
@@ -54,6 +56,7 @@ pub fn direct_plan(provider: usize) -> Plan {
             model_label: Arc::from("none"),
             max_tokens: None,
             price: None,
+            model: None,
         }],
         retry: Retry {
             attempts: 1,
@@ -63,6 +66,9 @@ pub fn direct_plan(provider: usize) -> Plan {
             on_5xx: false,
         },
         timeouts: Timeouts::default(),
+        explain: None,
+        score: None,
+        retry_budget: None,
     }
 }
 
@@ -93,8 +99,23 @@ impl Switchyard {
         plan: &Plan,
     ) -> Result<(), Failure> {
         let metrics = &self.state.metrics;
+        let seen = &self.state.observed;
         ctx.route = plan.route.clone();
         ctx.record.strategy = plan.strategy;
+        ctx.record.explain = plan.explain.clone();
+        ctx.record.score = plan.score;
+        if let Some(b) = &plan.retry_budget {
+            b.request(Instant::now());
+        }
+        if let Some(first) = plan.attempts.first() {
+            metrics
+                .routing
+                .decisions
+                .with_label_values(&[&*plan.route, plan.strategy, &first.model_label])
+                .inc();
+        }
+        // A refusal counts as this slow in the target's response-time average.
+        let penalty = plan.timeouts.first_byte.min(REFUSAL_PENALTY);
         let mut n = 0;
         let mut fresh_retry_used = false;
         let mut fresh = false;
@@ -124,12 +145,30 @@ impl Switchyard {
             // client's error, whatever the fallbacks.
             let out = provider::outbound(provider, &client, attempt)?;
             let translator = out.translator;
+            // Counted in flight on its target until this attempt's answer is relayed.
+            let target = attempt.model.map(|m| policy.models[m].target(seen));
+            let _busy = target.as_ref().map(|t| t.start());
             ctx.pause();
+            let sent = Instant::now();
             let result = self
                 .attempt(provider, out.head, out.body, &plan.timeouts, fresh)
                 .await;
             fresh = false;
             ctx.resume();
+            if let Some(t) = &target {
+                let replay = !fresh_retry_used
+                    && matches!(
+                        result,
+                        Err(AttemptError::Transport {
+                            replayable: true,
+                            ..
+                        })
+                    );
+                if !replay {
+                    let outcome = health_outcome(&result, sent.elapsed());
+                    self.record_health(t, &attempt.model_label, outcome, penalty);
+                }
+            }
             let outcome = match &result {
                 Ok((up, _)) => AttemptOutcome::from_status(status_of(up)),
                 Err(AttemptError::Connect(_)) => AttemptOutcome::ConnectError,
@@ -144,7 +183,7 @@ impl Switchyard {
             match result {
                 Ok((up, pool_key)) => {
                     let status = status_of(&up);
-                    if !last && plan.retry.retries_status(status) {
+                    if !last && plan.retry.retries_status(status) && self.may_retry(plan) {
                         tracing::info!(
                             route = &*plan.route,
                             provider = &*provider.name,
@@ -187,7 +226,7 @@ impl Switchyard {
                         provider = &*provider.name,
                         "upstream unavailable: {msg}"
                     );
-                    if last || !plan.retry.on_connect {
+                    if last || !plan.retry.on_connect || !self.may_retry(plan) {
                         break ProxyError::new(
                             ErrorCode::UpstreamUnavailable,
                             format!("provider {} is unavailable", provider.name),
@@ -200,7 +239,7 @@ impl Switchyard {
                         provider = &*provider.name,
                         "upstream timed out: {msg}"
                     );
-                    if last || !plan.retry.on_timeout {
+                    if last || !plan.retry.on_timeout || !self.may_retry(plan) {
                         break ProxyError::new(
                             ErrorCode::UpstreamTimeout,
                             format!("provider {} did not answer in time", provider.name),
@@ -211,6 +250,43 @@ impl Switchyard {
             n += 1;
         };
         Err(final_error.into())
+    }
+
+    /// Whether the route's retry budget allows one more attempt; counted when not.
+    fn may_retry(&self, plan: &Plan) -> bool {
+        let Some(b) = &plan.retry_budget else {
+            return true;
+        };
+        if b.try_retry(Instant::now()) {
+            return true;
+        }
+        self.state
+            .metrics
+            .routing
+            .retry_budget_exhausted
+            .with_label_values(&[&*plan.route])
+            .inc();
+        false
+    }
+
+    fn record_health(&self, target: &Target, model: &str, outcome: Outcome, penalty: Duration) {
+        match target.record(outcome, penalty, Instant::now()) {
+            Change::Ejected(d) => {
+                self.state
+                    .metrics
+                    .routing
+                    .ejections
+                    .with_label_values(&[model])
+                    .inc();
+                tracing::warn!(
+                    model,
+                    seconds = d.as_secs(),
+                    "target ejected after failures"
+                );
+            }
+            Change::Readmitted => tracing::info!(model, "target readmitted: its probe succeeded"),
+            Change::None => {}
+        }
     }
 
     /// Sends one rewritten request and reads the response header. The session comes back
@@ -278,6 +354,33 @@ impl Switchyard {
         }
         up.read_timeout = Some(timeouts.idle);
         Ok((up, key))
+    }
+}
+
+/// The longest a refusal (429, 5xx) or failure counts as in a response-time average.
+const REFUSAL_PENALTY: Duration = Duration::from_secs(30);
+
+/// What an attempt's result says of its target's health.
+fn health_outcome(
+    result: &Result<(Http1Session, u64), AttemptError>,
+    elapsed: Duration,
+) -> Outcome {
+    match result {
+        Ok((up, _)) => {
+            let status = status_of(up);
+            if status == 429 || status >= 500 {
+                let retry_after = up
+                    .resp_header()
+                    .and_then(|h| h.headers.get(http::header::RETRY_AFTER))
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                Outcome::Refused { retry_after }
+            } else {
+                Outcome::Success(elapsed)
+            }
+        }
+        Err(_) => Outcome::Failed,
     }
 }
 

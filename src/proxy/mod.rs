@@ -377,15 +377,18 @@ impl Switchyard {
 
         let path = accept::path_only(&path_and_query);
         let headers = &session.req_header().headers;
-        let route_input = |model| RouteInput {
+        let route_input = |model, max_tokens| RouteInput {
             model,
             host: host.as_deref(),
             host_provider,
             path,
             headers,
+            body: &body,
+            max_tokens,
         };
+        let seen = &self.state.observed;
         let plan = match (&probe, host_provider) {
-            (Some(p), _) => route::plan(policy, &route_input(&p.model))?,
+            (Some(p), _) => route::plan(policy, seen, &route_input(&p.model, p.max_tokens))?,
             // A model-less call to a provider's own host (GET /v1/models, files…) goes to it.
             (None, Some(p)) => exchange::direct_plan(p),
             (None, None) => {
@@ -408,8 +411,10 @@ impl Switchyard {
                         host_provider,
                         path,
                         headers,
+                        body: &body,
+                        max_tokens: p.max_tokens,
                     };
-                    route::plan_downgrade(policy, to, &input)
+                    route::plan_downgrade(policy, seen, to, &input)
                 })
                 .await?
             }

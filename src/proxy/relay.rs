@@ -40,7 +40,7 @@ impl Switchyard {
         })?;
         let resp = response_header(
             upstream_header.status,
-            downstream_headers(upstream_header, &plan.route, provider, &ctx.model),
+            downstream_headers(upstream_header, plan, provider, &ctx.model),
         );
         ctx.status = resp.status.as_u16();
         let mut scan = Scan::for_response(&resp);
@@ -126,7 +126,7 @@ impl Switchyard {
         let mut body = Vec::new();
         if streaming {
             let headers = if tr.keeps_upstream_headers() {
-                let mut h = downstream_headers(upstream_header, &plan.route, provider, &ctx.model);
+                let mut h = downstream_headers(upstream_header, plan, provider, &ctx.model);
                 h.remove(header::CONTENT_LENGTH);
                 h.insert(header::TRANSFER_ENCODING, CHUNKED);
                 h
@@ -138,7 +138,7 @@ impl Switchyard {
                 );
                 h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
                 h.insert(header::TRANSFER_ENCODING, CHUNKED);
-                add_route_headers(&mut h, &plan.route, provider, &ctx.model);
+                add_route_headers(&mut h, plan, provider, &ctx.model);
                 h
             };
             let h = response_header(status, headers);
@@ -242,7 +242,7 @@ impl Switchyard {
             if let Some(v) = retry_after {
                 headers.insert(header::RETRY_AFTER, v);
             }
-            add_route_headers(&mut headers, &plan.route, provider, &ctx.model);
+            add_route_headers(&mut headers, plan, provider, &ctx.model);
             let h = response_header(status, headers);
             ctx.status = status.as_u16();
             ctx.pause();
@@ -432,7 +432,7 @@ const HOP_BY_HOP: &[&str] = &[
 /// headers.
 fn downstream_headers(
     up: &ResponseHeader,
-    route: &str,
+    plan: &Plan,
     provider: &Provider,
     model: &str,
 ) -> HeaderMap {
@@ -445,7 +445,7 @@ fn downstream_headers(
     if !headers.contains_key(header::CONTENT_LENGTH) {
         headers.insert(header::TRANSFER_ENCODING, CHUNKED);
     }
-    add_route_headers(&mut headers, route, provider, model);
+    add_route_headers(&mut headers, plan, provider, model);
     headers
 }
 
@@ -464,12 +464,24 @@ const ROUTE: HeaderName = HeaderName::from_static("x-switchyard-route");
 const PROVIDER: HeaderName = HeaderName::from_static("x-switchyard-provider");
 const MODEL: HeaderName = HeaderName::from_static("x-switchyard-model");
 
+const DECISION: HeaderName = HeaderName::from_static("x-switchyard-decision");
+
 /// Names and labels come from the validated policy; one that is not a valid header value
-/// (it cannot be, but a response must not fail over a label) is left out.
-fn add_route_headers(h: &mut HeaderMap, route: &str, provider: &Provider, model: &str) {
-    for (name, value) in [(ROUTE, route), (PROVIDER, &*provider.name), (MODEL, model)] {
+/// (it cannot be, but a response must not fail over a label) is left out. The decision,
+/// when the strategy weighed anything, says why this target.
+fn add_route_headers(h: &mut HeaderMap, plan: &Plan, provider: &Provider, model: &str) {
+    for (name, value) in [
+        (ROUTE, &*plan.route),
+        (PROVIDER, &*provider.name),
+        (MODEL, model),
+    ] {
         if let Ok(v) = HeaderValue::from_str(value) {
             h.insert(name, v);
+        }
+    }
+    if let Some(e) = &plan.explain {
+        if let Ok(v) = HeaderValue::from_str(e) {
+            h.insert(DECISION, v);
         }
     }
 }

@@ -1,10 +1,21 @@
 //! Route decision: the first matching route and its strategy turn a request into an
-//! ordered attempt plan (primary, then fallbacks).
+//! ordered attempt plan (primary, then fallbacks), skipping targets that are out of
+//! service, and say why they chose as they did.
+
+pub mod complexity;
+pub mod health;
+pub mod retry_budget;
+mod strategy;
 
 use crate::error::{ErrorCode, ProxyError};
 use crate::policy::{Policy, Retry, Route, Strategy, Timeouts};
+use ahash::AHashMap;
 use http::HeaderMap;
-use std::sync::Arc;
+use retry_budget::RetryBudget;
+use std::sync::{Arc, Mutex};
+
+/// A request's own quality floor, raising the route's `min_quality`.
+pub const MIN_QUALITY_HEADER: &str = "x-switchyard-min-quality";
 
 /// What routing looks at.
 pub struct RouteInput<'a> {
@@ -15,6 +26,10 @@ pub struct RouteInput<'a> {
     pub host_provider: Option<usize>,
     pub path: &'a str,
     pub headers: &'a HeaderMap,
+    /// The request body (validated JSON), for the complexity score and cost estimates.
+    pub body: &'a [u8],
+    /// The client's output limit, if it set one.
+    pub max_tokens: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +42,9 @@ pub struct Attempt {
     /// The catalog's default output limit for formats that require one.
     pub max_tokens: Option<u32>,
     pub price: Option<crate::price::Price>,
+    /// The catalog entry, whose health the attempt's outcome updates; `None` for
+    /// passthrough.
+    pub model: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -37,6 +55,14 @@ pub struct Plan {
     pub attempts: Vec<Attempt>,
     pub retry: Retry,
     pub timeouts: Timeouts,
+    /// Why the first attempt was chosen (`x-switchyard-decision`, the event's reason); `None`
+    /// where nothing was weighed (catalog, passthrough, weighted or priority with every
+    /// target available).
+    pub explain: Option<Arc<str>>,
+    /// The request's complexity score, where the strategy computed one.
+    pub score: Option<f64>,
+    /// The route's retry budget (`None` for the catalog and passthrough: a single attempt).
+    pub retry_budget: Option<Arc<RetryBudget>>,
 }
 
 impl Plan {
@@ -50,11 +76,42 @@ impl Plan {
     }
 }
 
+/// What this process has observed, kept across reloads: each target's health and load,
+/// each route's retry budget.
+#[derive(Default)]
+pub struct Observed {
+    pub targets: health::Targets,
+    budgets: Mutex<AHashMap<Arc<str>, Arc<RetryBudget>>>,
+}
+
+impl Observed {
+    fn budget(&self, route: &Arc<str>) -> Arc<RetryBudget> {
+        let mut m = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(route.clone()).or_default().clone()
+    }
+}
+
+impl crate::policy::Model {
+    /// This model's health and load, found once per policy.
+    pub fn target(&self, seen: &Observed) -> Arc<health::Target> {
+        self.health
+            .get_or_init(|| seen.targets.get(&self.alias))
+            .clone()
+    }
+}
+
+impl Route {
+    /// The route's retry budget, found once per policy.
+    pub fn retry_budget(&self, seen: &Observed) -> Arc<RetryBudget> {
+        self.budget.get_or_init(|| seen.budget(&self.name)).clone()
+    }
+}
+
 const DEFAULT_ROUTE: &str = "catalog";
 
-pub fn plan(policy: &Policy, input: &RouteInput<'_>) -> Result<Plan, ProxyError> {
+pub fn plan(policy: &Policy, seen: &Observed, input: &RouteInput<'_>) -> Result<Plan, ProxyError> {
     match policy.routes.iter().find(|r| matches(r, input)) {
-        Some(route) => plan_route(policy, route, input),
+        Some(route) => plan_route(policy, seen, route, input),
         None => match policy.model_index.get(input.model) {
             Some(&m) => Ok(Plan {
                 route: Arc::from(DEFAULT_ROUTE),
@@ -68,6 +125,9 @@ pub fn plan(policy: &Policy, input: &RouteInput<'_>) -> Result<Plan, ProxyError>
                     on_5xx: true,
                 },
                 timeouts: Timeouts::default(),
+                explain: None,
+                score: None,
+                retry_budget: None,
             }),
             None => Err(model_not_found(input.model)),
         },
@@ -78,12 +138,13 @@ pub fn plan(policy: &Policy, input: &RouteInput<'_>) -> Result<Plan, ProxyError>
 /// (or catalog entry) a request for that model would get.
 pub fn plan_downgrade(
     policy: &Policy,
+    seen: &Observed,
     to: &str,
     input: &RouteInput<'_>,
 ) -> Result<Plan, ProxyError> {
     match policy.routes.iter().find(|r| &*r.name == to) {
-        Some(route) => plan_route(policy, route, input),
-        None => plan(policy, input),
+        Some(route) => plan_route(policy, seen, route, input),
+        None => plan(policy, seen, input),
     }
 }
 
@@ -113,7 +174,7 @@ fn matches(route: &Route, input: &RouteInput<'_>) -> bool {
         })
 }
 
-fn catalog_attempt(policy: &Policy, model: usize) -> Attempt {
+pub(crate) fn catalog_attempt(policy: &Policy, model: usize) -> Attempt {
     let m = &policy.models[model];
     Attempt {
         provider: m.provider,
@@ -121,61 +182,65 @@ fn catalog_attempt(policy: &Policy, model: usize) -> Attempt {
         model_label: m.alias.clone(),
         max_tokens: m.max_tokens,
         price: m.price,
+        model: Some(model),
     }
 }
 
-fn plan_route(policy: &Policy, route: &Route, input: &RouteInput<'_>) -> Result<Plan, ProxyError> {
-    let mut attempts = Vec::with_capacity(4);
-    match &route.strategy {
-        Strategy::Weighted { targets, total } => {
-            let mut pick = fastrand::u32(0..*total);
-            let chosen = targets
-                .iter()
-                .position(|(_, w)| {
-                    if pick < *w {
-                        true
-                    } else {
-                        pick -= w;
-                        false
-                    }
-                })
-                .unwrap_or(0);
-            attempts.push(catalog_attempt(policy, targets[chosen].0));
-            for (i, (m, _)) in targets.iter().enumerate() {
-                if i != chosen {
-                    attempts.push(catalog_attempt(policy, *m));
-                }
-            }
-        }
-        Strategy::Priority { targets } => {
-            attempts.extend(targets.iter().map(|m| catalog_attempt(policy, *m)));
-        }
-        Strategy::Passthrough { provider } => {
-            let provider = input.host_provider.or(*provider).ok_or_else(|| {
-                ProxyError::new(
-                    ErrorCode::ModelNotFound,
-                    format!(
-                        "route `{}` passes the model through but the request names no provider host",
-                        route.name
-                    ),
-                )
-            })?;
-            attempts.push(Attempt {
+fn plan_route(
+    policy: &Policy,
+    seen: &Observed,
+    route: &Route,
+    input: &RouteInput<'_>,
+) -> Result<Plan, ProxyError> {
+    if let Strategy::Passthrough { provider } = &route.strategy {
+        let provider = input.host_provider.or(*provider).ok_or_else(|| {
+            ProxyError::new(
+                ErrorCode::ModelNotFound,
+                format!(
+                    "route `{}` passes the model through but the request names no provider host",
+                    route.name
+                ),
+            )
+        })?;
+        return Ok(Plan {
+            route: route.name.clone(),
+            strategy: route.strategy.name(),
+            attempts: vec![Attempt {
                 provider,
                 upstream_model: None,
                 model_label: Arc::from(input.model),
                 max_tokens: None,
                 price: policy.prices.lookup(input.model),
-            });
-        }
+                model: None,
+            }],
+            retry: route.retry,
+            timeouts: route.timeouts,
+            explain: None,
+            score: None,
+            retry_budget: Some(route.retry_budget(seen)),
+        });
     }
-    attempts.extend(route.fallbacks.iter().map(|m| catalog_attempt(policy, *m)));
+    let choice = strategy::choose(policy, seen, route, input)?;
+    let attempts: Vec<Attempt> = choice
+        .order
+        .iter()
+        .map(|m| catalog_attempt(policy, *m))
+        .collect();
+    if attempts.is_empty() {
+        return Err(ProxyError::new(
+            ErrorCode::UpstreamUnavailable,
+            format!("route `{}` has no target left to try", route.name),
+        ));
+    }
     Ok(Plan {
         route: route.name.clone(),
         strategy: route.strategy.name(),
         attempts,
         retry: route.retry,
         timeouts: route.timeouts,
+        explain: choice.explain.map(Arc::from),
+        score: choice.score,
+        retry_budget: Some(route.retry_budget(seen)),
     })
 }
 
@@ -218,14 +283,20 @@ routes:
             host_provider: None,
             path,
             headers,
+            body: b"{}",
+            max_tokens: None,
         }
+    }
+
+    fn plan_fresh(p: &Policy, input: &RouteInput<'_>) -> Result<Plan, ProxyError> {
+        super::plan(p, &Observed::default(), input)
     }
 
     #[test]
     fn first_match_wins_and_globs() {
         let p = policy();
         let h = HeaderMap::new();
-        let plan = plan(&p, &input("gpt-4o", "/v1/chat/completions", &h)).unwrap();
+        let plan = plan_fresh(&p, &input("gpt-4o", "/v1/chat/completions", &h)).unwrap();
         assert_eq!(&*plan.route, "glob");
         // weight 0 never drawn first
         assert_eq!(plan.attempts[0].upstream_model.as_deref(), Some("real-a"));
@@ -233,12 +304,12 @@ routes:
         assert_eq!(plan.attempt(4), plan.attempts.last());
         assert_eq!(plan.attempt(5), None);
         // path must match too
-        let e = super::plan(&p, &input("gpt-4o", "/v1/embeddings", &h)).unwrap_err();
+        let e = plan_fresh(&p, &input("gpt-4o", "/v1/embeddings", &h)).unwrap_err();
         assert_eq!(e.code, ErrorCode::ModelNotFound);
 
         let mut h2 = HeaderMap::new();
         h2.insert("x-team", "research".parse().unwrap());
-        let plan = super::plan(&p, &input("gpt-4o", "/v1/chat/completions", &h2)).unwrap();
+        let plan = plan_fresh(&p, &input("gpt-4o", "/v1/chat/completions", &h2)).unwrap();
         assert_eq!(&*plan.route, "by-header");
     }
 
@@ -246,7 +317,7 @@ routes:
     fn catalog_fallthrough_and_passthrough() {
         let p = policy();
         let h = HeaderMap::new();
-        let plan = plan(&p, &input("m-a", "/v1/chat/completions", &h)).unwrap();
+        let plan = plan_fresh(&p, &input("m-a", "/v1/chat/completions", &h)).unwrap();
         assert_eq!(&*plan.route, "catalog");
         assert_eq!(plan.attempts[0].upstream_model.as_deref(), Some("real-a"));
 
@@ -257,8 +328,10 @@ routes:
             host_provider: Some(b),
             path: "/v1/chat/completions",
             headers: &h,
+            body: b"{}",
+            max_tokens: None,
         };
-        let plan = super::plan(&p, &inp).unwrap();
+        let plan = plan_fresh(&p, &inp).unwrap();
         assert_eq!(&*plan.route, "pass");
         assert_eq!(plan.attempts[0].provider, b);
         assert_eq!(plan.attempts[0].upstream_model, None);

@@ -1,0 +1,480 @@
+//! How a route's strategy orders its targets: first the quality floor, then health (targets
+//! out of service are skipped, but never more than half of them), then the strategy's own
+//! order — weight, listed order, complexity tier, expected cost, response time or load —
+//! and the route's fallbacks last. Every choice that weighed something says why.
+
+use super::health::{Health, Target};
+use super::{complexity, Observed, RouteInput, MIN_QUALITY_HEADER};
+use crate::error::{ErrorCode, ProxyError};
+use crate::policy::{Policy, Route, Strategy};
+use crate::price::Atto;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Output tokens a request is expected to produce when it sets no limit, for `cheapest`.
+pub const EXPECTED_OUTPUT_TOKENS: u64 = 256;
+/// Prompt bytes per token, the same estimate admission uses.
+const BYTES_PER_TOKEN: u64 = 4;
+
+pub(super) struct Choice {
+    /// Catalog models in the order to try them, fallbacks included.
+    pub order: Vec<usize>,
+    pub explain: Option<String>,
+    pub score: Option<f64>,
+}
+
+pub(super) fn choose(
+    policy: &Policy,
+    seen: &Observed,
+    route: &Route,
+    input: &RouteInput<'_>,
+) -> Result<Choice, ProxyError> {
+    let now = Instant::now();
+    let floor = min_quality(route, input.headers)?;
+    let meets = |m: usize| floor.is_none_or(|f| policy.models[m].quality.is_some_and(|q| q >= f));
+    let mut skipped: Vec<(usize, &'static str)> = Vec::new();
+
+    let listed = route.strategy.targets();
+    let mut candidates = Vec::with_capacity(listed.len());
+    for m in listed {
+        if candidates.contains(&m) {
+            continue;
+        }
+        if meets(m) {
+            candidates.push(m);
+        } else {
+            skipped.push((m, "below min_quality"));
+        }
+    }
+    if candidates.is_empty() {
+        return Err(ProxyError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "no target of route `{}` is rated at least {} (min_quality)",
+                route.name,
+                floor.unwrap_or_default()
+            ),
+        ));
+    }
+
+    // Health: those out of service are skipped, but never more than half the targets;
+    // past that, the ones that failed longest ago are tried anyway.
+    let targets: Vec<Arc<Target>> = candidates
+        .iter()
+        .map(|m| policy.models[*m].target(seen))
+        .collect();
+    let health: Vec<Health> = targets.iter().map(|t| t.health(now)).collect();
+    let mut out: Vec<usize> = (0..candidates.len())
+        .filter(|i| !health[*i].is_available())
+        .collect();
+    let most_out = candidates.len() / 2;
+    if out.len() > most_out {
+        out.sort_by_key(|i| targets[*i].last_failure());
+        out.drain(..out.len() - most_out);
+    }
+    let available: Vec<usize> = (0..candidates.len()).filter(|i| !out.contains(i)).collect();
+    for i in &out {
+        skipped.push((candidates[*i], health[*i].reason()));
+    }
+
+    let name = |m: usize| &*policy.models[m].alias;
+    let mut why = String::new();
+    let mut score = None;
+    // Positions in `candidates`, in the order to try.
+    let ordered: Vec<usize> = match &route.strategy {
+        Strategy::Weighted {
+            targets: weighted, ..
+        } => {
+            let weight = |i: usize| {
+                weighted
+                    .iter()
+                    .find(|(m, _)| *m == candidates[i])
+                    .map_or(0, |(_, w)| *w)
+            };
+            let total: u32 = available.iter().map(|i| weight(*i)).sum();
+            let mut order = available.clone();
+            if total > 0 {
+                let mut pick = fastrand::u32(0..total);
+                if let Some(k) = order.iter().position(|i| {
+                    let w = weight(*i);
+                    if pick < w {
+                        true
+                    } else {
+                        pick -= w;
+                        false
+                    }
+                }) {
+                    let chosen = order.remove(k);
+                    order.insert(0, chosen);
+                }
+            }
+            order
+        }
+        Strategy::Priority { .. } => available.clone(),
+        Strategy::Complexity { tiers } => {
+            let s = complexity::score(input.body);
+            score = Some(s);
+            let tier = tiers.iter().position(|(_, up_to)| s <= *up_to).unwrap_or(0);
+            let pos = |m: usize| candidates.iter().position(|c| *c == m);
+            let mut order: Vec<usize> = Vec::new();
+            // The scored tier, then harder ones, then easier ones as a last resort.
+            let up = tiers[tier..].iter();
+            let down = tiers[..tier].iter().rev();
+            for (m, _) in up.chain(down) {
+                if let Some(i) = pos(*m).filter(|i| available.contains(i) && !order.contains(i)) {
+                    order.push(i);
+                }
+            }
+            let _ = write!(
+                why,
+                "score {s:.3} -> tier {} ({})",
+                tier + 1,
+                name(tiers[tier].0)
+            );
+            if let Some(first) = order.first() {
+                if candidates[*first] != tiers[tier].0 {
+                    let _ = write!(why, ", unavailable: moved to {}", name(candidates[*first]));
+                }
+            }
+            order
+        }
+        Strategy::Cheapest { .. } => {
+            let input_tokens = (input.body.len() as u64).div_ceil(BYTES_PER_TOKEN);
+            let output_tokens = input.max_tokens.unwrap_or(EXPECTED_OUTPUT_TOKENS);
+            let cost = |i: usize| -> Atto {
+                match policy.models[candidates[i]].price {
+                    Some(p) => {
+                        Atto::from(input_tokens) * Atto::from(p.input)
+                            + Atto::from(output_tokens) * Atto::from(p.output)
+                    }
+                    None => Atto::MAX,
+                }
+            };
+            let mut order = available.clone();
+            order.sort_by_key(|i| cost(*i));
+            let usd = |c: Atto| {
+                if c == Atto::MAX {
+                    "no price".to_string()
+                } else {
+                    format!("${}", crate::price::usd_decimal(c))
+                }
+            };
+            let _ = write!(
+                why,
+                "expected {input_tokens} in + {output_tokens} out tokens:"
+            );
+            for (k, i) in order.iter().enumerate().take(3) {
+                let sep = if k == 0 { " " } else { ", " };
+                let _ = write!(why, "{sep}{} {}", name(candidates[*i]), usd(cost(*i)));
+            }
+            order
+        }
+        Strategy::Fastest { .. } => {
+            let load = |i: usize| {
+                let t = &targets[i];
+                t.latency_us(now).unwrap_or(0.0) * f64::from(t.in_flight() + 1)
+            };
+            let order = two_choices(&available, load);
+            describe_loads(&mut why, &order, |i| {
+                let t = &targets[i];
+                match t.latency_us(now) {
+                    Some(us) => format!(
+                        "{} {:.1} ms x {} in flight",
+                        name(candidates[i]),
+                        us / 1000.0,
+                        t.in_flight() + 1
+                    ),
+                    None => format!("{} unmeasured", name(candidates[i])),
+                }
+            });
+            order
+        }
+        Strategy::LeastBusy { .. } => {
+            let order = two_choices(&available, |i| f64::from(targets[i].in_flight()));
+            describe_loads(&mut why, &order, |i| {
+                format!(
+                    "{} {} in flight",
+                    name(candidates[i]),
+                    targets[i].in_flight()
+                )
+            });
+            order
+        }
+        Strategy::Passthrough { .. } => Vec::new(),
+    };
+
+    if let Some(first) = ordered.first() {
+        if health[*first] == Health::Probation {
+            targets[*first].take_probe(now);
+        }
+    }
+    let mut order: Vec<usize> = ordered.iter().map(|i| candidates[*i]).collect();
+    for &f in &route.fallbacks {
+        if !meets(f) {
+            skipped.push((f, "below min_quality"));
+            continue;
+        }
+        let h = policy.models[f].target(seen).health(now);
+        if h.is_available() {
+            order.push(f);
+        } else {
+            skipped.push((f, h.reason()));
+        }
+    }
+
+    let weighed = !matches!(
+        route.strategy,
+        Strategy::Weighted { .. } | Strategy::Priority { .. }
+    );
+    let explain = (weighed || !skipped.is_empty()).then(|| {
+        let mut e = String::from(route.strategy.name());
+        if let Some(first) = order.first() {
+            let _ = write!(e, "; chose {}", name(*first));
+        }
+        if !why.is_empty() {
+            let _ = write!(e, "; {why}");
+        }
+        if let Some(f) = floor {
+            let _ = write!(e, "; min_quality {f}");
+        }
+        if !skipped.is_empty() {
+            e.push_str("; skipped");
+            for (k, (m, reason)) in skipped.iter().enumerate() {
+                let sep = if k == 0 { " " } else { ", " };
+                let _ = write!(e, "{sep}{} ({reason})", name(*m));
+            }
+        }
+        e
+    });
+    Ok(Choice {
+        order,
+        explain,
+        score,
+    })
+}
+
+/// Power of two choices: two distinct candidates drawn at random, the lighter first; then
+/// the rest, lightest first (the retry order).
+fn two_choices(available: &[usize], load: impl Fn(usize) -> f64) -> Vec<usize> {
+    let mut order = available.to_vec();
+    if order.len() < 2 {
+        return order;
+    }
+    let a = fastrand::usize(0..order.len());
+    let mut b = fastrand::usize(0..order.len() - 1);
+    if b >= a {
+        b += 1;
+    }
+    let first = if load(order[b]) < load(order[a]) {
+        order[b]
+    } else {
+        order[a]
+    };
+    order.retain(|i| *i != first);
+    order.sort_by(|x, y| load(*x).total_cmp(&load(*y)));
+    order.insert(0, first);
+    order
+}
+
+/// "x over y" for the first two of a load-ordered list.
+fn describe_loads(why: &mut String, order: &[usize], say: impl Fn(usize) -> String) {
+    if let Some(first) = order.first() {
+        why.push_str(&say(*first));
+    }
+    if let Some(second) = order.get(1) {
+        let _ = write!(why, " over {}", say(*second));
+    }
+}
+
+/// The route's `min_quality`, raised (never lowered) by the request's header.
+fn min_quality(route: &Route, headers: &http::HeaderMap) -> Result<Option<f64>, ProxyError> {
+    let asked = match headers.get(MIN_QUALITY_HEADER) {
+        None => None,
+        Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<f64>().ok()) {
+            Some(q) if (0.0..=100.0).contains(&q) => Some(q),
+            _ => {
+                return Err(ProxyError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("{MIN_QUALITY_HEADER} must be a number from 0 to 100"),
+                ))
+            }
+        },
+    };
+    Ok(match (route.min_quality, asked) {
+        (Some(r), Some(a)) => Some(r.max(a)),
+        (r, a) => r.or(a),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{plan, Observed, RouteInput};
+    use super::*;
+    use crate::config::expand::ProcessEnv;
+    use crate::route::health::Outcome;
+    use http::HeaderMap;
+    use std::time::Duration;
+
+    const POLICY: &str = r#"
+providers:
+  p: { format: openai, base_url: "http://127.0.0.1:9001/v1" }
+models:
+  cheap:  { provider: p, quality: 60, price: { input: 0.1, output: 0.4 } }
+  middle: { provider: p, quality: 75, price: { input: 1, output: 4 } }
+  dear:   { provider: p, quality: 90, price: { input: 10, output: 40 } }
+  spare:  { provider: p }
+routes:
+  - { name: c, match: { model: cheapest }, strategy: cheapest, targets: [dear, middle, cheap], fallbacks: [spare] }
+  - { name: q, match: { model: good }, strategy: cheapest, targets: [dear, middle, cheap], min_quality: 70 }
+  - { name: f, match: { model: fast }, strategy: fastest, targets: [cheap, middle] }
+  - { name: l, match: { model: idle }, strategy: least-busy, targets: [cheap, middle] }
+  - { name: p, match: { model: prio }, strategy: priority, targets: [cheap, middle, dear] }
+  - name: x
+    match: { model: auto }
+    strategy: complexity
+    tiers: [ { model: cheap, up_to: 0.3 }, { model: middle, up_to: 0.6 }, dear ]
+"#;
+
+    fn policy() -> Policy {
+        crate::config::from_str(POLICY, &ProcessEnv, 1).unwrap()
+    }
+
+    fn order(p: &Policy, seen: &Observed, model: &str, headers: &HeaderMap) -> Vec<String> {
+        let input = RouteInput {
+            model,
+            host: None,
+            host_provider: None,
+            path: "/v1/chat/completions",
+            headers,
+            body: br#"{"messages":[{"role":"user","content":"hi"}]}"#,
+            max_tokens: Some(100),
+        };
+        let plan = plan(p, seen, &input).unwrap();
+        plan.attempts
+            .iter()
+            .map(|a| a.model_label.to_string())
+            .collect()
+    }
+
+    fn eject(p: &Policy, seen: &Observed, model: &str) {
+        let t = p.model(model).unwrap().target(seen);
+        for _ in 0..5 {
+            t.record(Outcome::Failed, Duration::from_secs(1), Instant::now());
+        }
+    }
+
+    #[test]
+    fn cheapest_orders_by_expected_cost_then_fallbacks() {
+        let p = policy();
+        let seen = Observed::default();
+        let h = HeaderMap::new();
+        assert_eq!(
+            order(&p, &seen, "cheapest", &h),
+            ["cheap", "middle", "dear", "spare"]
+        );
+    }
+
+    #[test]
+    fn min_quality_from_the_route_and_raised_by_the_header() {
+        let p = policy();
+        let seen = Observed::default();
+        let mut h = HeaderMap::new();
+        assert_eq!(order(&p, &seen, "good", &h), ["middle", "dear"]);
+        h.insert(MIN_QUALITY_HEADER, "85".parse().unwrap());
+        assert_eq!(order(&p, &seen, "good", &h), ["dear"]);
+        // The header raises, never lowers.
+        h.insert(MIN_QUALITY_HEADER, "10".parse().unwrap());
+        assert_eq!(order(&p, &seen, "good", &h), ["middle", "dear"]);
+        h.insert(MIN_QUALITY_HEADER, "95".parse().unwrap());
+        let input = RouteInput {
+            model: "good",
+            host: None,
+            host_provider: None,
+            path: "/v1/chat/completions",
+            headers: &h,
+            body: b"{}",
+            max_tokens: None,
+        };
+        let e = plan(&p, &seen, &input).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn ejected_targets_are_skipped_but_never_more_than_half() {
+        let p = policy();
+        let seen = Observed::default();
+        let h = HeaderMap::new();
+        eject(&p, &seen, "cheap");
+        assert_eq!(order(&p, &seen, "prio", &h), ["middle", "dear"]);
+        // Two of three out: one (the one that failed longest ago) is tried anyway, last.
+        std::thread::sleep(Duration::from_millis(5));
+        eject(&p, &seen, "middle");
+        assert_eq!(order(&p, &seen, "prio", &h), ["cheap", "dear"]);
+        let input = RouteInput {
+            model: "prio",
+            host: None,
+            host_provider: None,
+            path: "/v1/chat/completions",
+            headers: &h,
+            body: b"{}",
+            max_tokens: None,
+        };
+        let explain = plan(&p, &seen, &input).unwrap().explain.unwrap();
+        assert_eq!(&*explain, "priority; chose cheap; skipped middle (ejected)");
+    }
+
+    #[test]
+    fn fastest_prefers_the_measured_faster_and_unmeasured_ones_get_tried() {
+        let p = policy();
+        let seen = Observed::default();
+        let h = HeaderMap::new();
+        let now = Instant::now();
+        let t = |m: &str| p.model(m).unwrap().target(&seen);
+        t("cheap").record(
+            Outcome::Success(Duration::from_millis(300)),
+            Duration::ZERO,
+            now,
+        );
+        // `middle` is unmeasured: tried first.
+        assert_eq!(order(&p, &seen, "fast", &h)[0], "middle");
+        t("middle").record(
+            Outcome::Success(Duration::from_millis(50)),
+            Duration::ZERO,
+            now,
+        );
+        for _ in 0..20 {
+            assert_eq!(order(&p, &seen, "fast", &h)[0], "middle");
+        }
+        // A 429 makes it look slow, however fast it came.
+        t("middle").record(
+            Outcome::Refused { retry_after: None },
+            Duration::from_secs(30),
+            now,
+        );
+        assert_eq!(order(&p, &seen, "fast", &h), ["cheap", "middle"]);
+    }
+
+    #[test]
+    fn least_busy_prefers_fewer_in_flight() {
+        let p = policy();
+        let seen = Observed::default();
+        let h = HeaderMap::new();
+        let busy = p.model("cheap").unwrap().target(&seen);
+        let _a = busy.start();
+        for _ in 0..20 {
+            assert_eq!(order(&p, &seen, "idle", &h), ["middle", "cheap"]);
+        }
+    }
+
+    #[test]
+    fn complexity_tiers_move_up_when_unavailable() {
+        let p = policy();
+        let seen = Observed::default();
+        let h = HeaderMap::new();
+        // "hi" is an easy request: the first tier, then harder ones.
+        assert_eq!(order(&p, &seen, "auto", &h), ["cheap", "middle", "dear"]);
+        eject(&p, &seen, "cheap");
+        assert_eq!(order(&p, &seen, "auto", &h), ["middle", "dear"]);
+    }
+}
