@@ -31,6 +31,8 @@ pub struct Policy {
     /// `org:`, `teams:` and their keys, compiled for admission.
     pub governance: crate::governance::Rules,
     pub governance_settings: crate::config::governance::Settings,
+    /// When a target is taken out of service (`outlier_detection:`).
+    pub outlier: crate::route::health::Settings,
     /// Reload generation and SHA-256 of the policy text, carried by every usage event.
     pub version: crate::events::PolicyVersion,
     pub providers: Vec<Provider>,

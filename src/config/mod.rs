@@ -17,7 +17,7 @@ use provider::{
     system_ca_bundle,
 };
 use raw::RawConfig;
-use route::compile_route;
+use route::{compile_outlier, compile_route};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -480,6 +480,7 @@ fn compile(
         telemetry,
         governance,
         governance_settings,
+        outlier: compile_outlier(&raw.outlier_detection)?,
         version: crate::events::PolicyVersion {
             generation,
             sha256: Arc::from(sha256),

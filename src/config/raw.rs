@@ -26,6 +26,9 @@ pub struct RawConfig {
     /// How `org:` and `teams:` are enforced (Redis, key requirement).
     #[serde(default)]
     pub governance: RawGovernance,
+    /// When a target is taken out of service for failing, and for how long.
+    #[serde(default)]
+    pub outlier_detection: RawOutlier,
     /// Rules every request passes, whatever its team.
     #[serde(default)]
     pub org: RawLevel,
@@ -372,6 +375,26 @@ fn default_reservation_ttl() -> String {
 }
 fn default_budget_refresh() -> String {
     "30s".into()
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    /// Failures in a row that eject a target (0: never on this count); default 5.
+    #[serde(default)]
+    pub consecutive_failures: Option<u32>,
+    /// Share of failures in the last 20 outcomes that ejects (0: never); default 0.5.
+    #[serde(default)]
+    pub failure_rate: Option<f64>,
+    /// The first ejection's length (default 30s); each repeat adds as much again.
+    #[serde(default)]
+    pub base_ejection: Option<String>,
+    /// The longest ejection (default 5m).
+    #[serde(default)]
+    pub max_ejection: Option<String>,
+    /// At most this share of a route's targets is skipped as out of service (default 50).
+    #[serde(default)]
+    pub max_ejected_percent: Option<u32>,
 }
 
 /// What any level of the hierarchy (org, team, key) may say about its requests.

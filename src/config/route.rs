@@ -20,6 +20,47 @@ fn resolve_model(
         .ok_or_else(|| ConfigError::new(field, format!("unknown model {name:?} (not in models:)")))
 }
 
+/// `outlier_detection:`, over Envoy-like defaults.
+pub(super) fn compile_outlier(
+    raw: &super::raw::RawOutlier,
+) -> Result<crate::route::health::Settings, ConfigError> {
+    let mut s = crate::route::health::Settings::default();
+    if let Some(n) = raw.consecutive_failures {
+        s.consecutive_failures = n;
+    }
+    if let Some(r) = raw.failure_rate {
+        if !(0.0..=1.0).contains(&r) {
+            return Err(ConfigError::new(
+                "outlier_detection.failure_rate",
+                "must be between 0 (off) and 1",
+            ));
+        }
+        s.failure_rate = r;
+    }
+    if let Some(d) = &raw.base_ejection {
+        s.base_ejection = super::positive_duration("outlier_detection.base_ejection", d)?;
+    }
+    if let Some(d) = &raw.max_ejection {
+        s.max_ejection = super::positive_duration("outlier_detection.max_ejection", d)?;
+    }
+    if s.max_ejection < s.base_ejection {
+        return Err(ConfigError::new(
+            "outlier_detection.max_ejection",
+            "must be at least base_ejection",
+        ));
+    }
+    if let Some(p) = raw.max_ejected_percent {
+        if p > 100 {
+            return Err(ConfigError::new(
+                "outlier_detection.max_ejected_percent",
+                "must be between 0 and 100",
+            ));
+        }
+        s.max_ejected_percent = p;
+    }
+    Ok(s)
+}
+
 /// `[{model, up_to}, …, model]`: bounds strictly rising within (0, 1]; the last tier has
 /// none (held as infinity).
 fn compile_tiers(

@@ -166,7 +166,7 @@ impl Switchyard {
                     );
                 if !replay {
                     let outcome = health_outcome(&result, sent.elapsed());
-                    self.record_health(t, &attempt.model_label, outcome, penalty);
+                    self.record_health(t, &attempt.model_label, outcome, penalty, &policy.outlier);
                 }
             }
             let outcome = match &result {
@@ -269,8 +269,15 @@ impl Switchyard {
         false
     }
 
-    fn record_health(&self, target: &Target, model: &str, outcome: Outcome, penalty: Duration) {
-        match target.record(outcome, penalty, Instant::now()) {
+    fn record_health(
+        &self,
+        target: &Target,
+        model: &str,
+        outcome: Outcome,
+        penalty: Duration,
+        rules: &crate::route::health::Settings,
+    ) {
+        match target.record(outcome, penalty, Instant::now(), rules) {
             Change::Ejected(d) => {
                 self.state
                     .metrics

@@ -10,16 +10,35 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// Failures in a row that eject a target (Envoy's `consecutive_5xx` default).
-pub const CONSECUTIVE: u32 = 5;
-/// The failure rate over the last `WINDOW` outcomes that ejects a target, once the window
-/// holds at least `MIN_REQUESTS`.
-const FAILURE_RATE: f64 = 0.5;
+/// Outlier detection (`outlier_detection:` in the policy), with Envoy's defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    /// Failures in a row that eject a target; 0: never on this count.
+    pub consecutive_failures: u32,
+    /// The share of failures over the last `WINDOW` outcomes that ejects a target, once
+    /// the window holds at least `MIN_REQUESTS`; 0: never on the rate.
+    pub failure_rate: f64,
+    /// The first ejection's length; each repeat adds as much again, up to `max_ejection`.
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    /// At most this share of a route's targets is skipped for being out of service.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            consecutive_failures: 5,
+            failure_rate: 0.5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
 const WINDOW: usize = 20;
 const MIN_REQUESTS: usize = 10;
-/// The first ejection's length; each repeat adds as much again, up to `MAX_EJECTION`.
-pub const BASE_EJECTION: Duration = Duration::from_secs(30);
-const MAX_EJECTION: Duration = Duration::from_secs(300);
 /// The time constant of the response-time average: a sample weighs e^(−Δt/τ) less after Δt.
 const TAU: Duration = Duration::from_secs(10);
 /// The longest `Retry-After` honoured (a provider asking for hours is treated as ejected).
@@ -71,7 +90,7 @@ struct State {
     /// The last outcomes, true for a failure.
     recent: VecDeque<bool>,
     ejected_until: Option<Instant>,
-    /// Ejections so far (the next lasts `BASE_EJECTION` × this + 1); reset by a success.
+    /// Ejections so far (the next lasts `base_ejection` × this + 1); reset by a success.
     ejections: u32,
     /// Set while the half-open probe after an ejection is in flight.
     probing: bool,
@@ -194,7 +213,13 @@ impl Target {
 
     /// Records an attempt's outcome; `penalty` is the response time a refusal counts as,
     /// so a target answering 429 fast never looks fast.
-    pub fn record(&self, outcome: Outcome, penalty: Duration, now: Instant) -> Change {
+    pub fn record(
+        &self,
+        outcome: Outcome,
+        penalty: Duration,
+        now: Instant,
+        rules: &Settings,
+    ) -> Change {
         let mut s = lock(&self.state);
         let (sample, failed) = match outcome {
             Outcome::Success(d) => (d, false),
@@ -223,13 +248,15 @@ impl Target {
         }
         s.consecutive += 1;
         s.last_failure = Some(now);
-        let rate_exceeded = s.recent.len() >= MIN_REQUESTS
+        let rate_exceeded = rules.failure_rate > 0.0
+            && s.recent.len() >= MIN_REQUESTS
             && s.recent.iter().filter(|f| **f).count() as f64
-                >= FAILURE_RATE * s.recent.len() as f64;
+                >= rules.failure_rate * s.recent.len() as f64;
+        let run = rules.consecutive_failures > 0 && s.consecutive >= rules.consecutive_failures;
         let ejected_now = s.ejected_until.is_some_and(|u| u > now);
-        if was_probe || (!ejected_now && (s.consecutive >= CONSECUTIVE || rate_exceeded)) {
+        if was_probe || (!ejected_now && (run || rate_exceeded)) {
             s.ejections += 1;
-            let length = (BASE_EJECTION * s.ejections).min(MAX_EJECTION);
+            let length = (rules.base_ejection * s.ejections).min(rules.max_ejection);
             s.ejected_until = Some(now + length);
             s.recent.clear();
             return Change::Ejected(length);
@@ -275,16 +302,28 @@ mod tests {
     use super::*;
 
     const PENALTY: Duration = Duration::from_secs(30);
+    const BASE_EJECTION: Duration = Duration::from_secs(30);
+    const RULES: Settings = Settings {
+        consecutive_failures: 5,
+        failure_rate: 0.5,
+        base_ejection: BASE_EJECTION,
+        max_ejection: Duration::from_secs(300),
+        max_ejected_percent: 50,
+    };
 
     #[test]
     fn five_failures_in_a_row_eject_and_a_probe_readmits() {
         let t = Target::default();
         let now = Instant::now();
         for i in 0..4 {
-            assert_eq!(t.record(Outcome::Failed, PENALTY, now), Change::None, "{i}");
+            assert_eq!(
+                t.record(Outcome::Failed, PENALTY, now, &RULES),
+                Change::None,
+                "{i}"
+            );
         }
         assert_eq!(
-            t.record(Outcome::Failed, PENALTY, now),
+            t.record(Outcome::Failed, PENALTY, now, &RULES),
             Change::Ejected(BASE_EJECTION)
         );
         assert_eq!(t.health(now), Health::Ejected(now + BASE_EJECTION));
@@ -294,7 +333,7 @@ mod tests {
         assert!(!t.take_probe(later), "one probe at a time");
         assert_eq!(t.health(later), Health::Probing);
         let ok = Outcome::Success(Duration::from_millis(10));
-        assert_eq!(t.record(ok, PENALTY, later), Change::Readmitted);
+        assert_eq!(t.record(ok, PENALTY, later, &RULES), Change::Readmitted);
         assert_eq!(t.health(later), Health::Healthy);
     }
 
@@ -303,12 +342,12 @@ mod tests {
         let t = Target::default();
         let now = Instant::now();
         for _ in 0..5 {
-            t.record(Outcome::Failed, PENALTY, now);
+            t.record(Outcome::Failed, PENALTY, now, &RULES);
         }
         let later = now + BASE_EJECTION;
         assert!(t.take_probe(later));
         assert_eq!(
-            t.record(Outcome::Failed, PENALTY, later),
+            t.record(Outcome::Failed, PENALTY, later, &RULES),
             Change::Ejected(BASE_EJECTION * 2)
         );
         assert_eq!(t.health(later), Health::Ejected(later + BASE_EJECTION * 2));
@@ -321,8 +360,8 @@ mod tests {
         let ok = Outcome::Success(Duration::from_millis(10));
         let mut changes = Vec::new();
         for _ in 0..5 {
-            changes.push(t.record(ok, PENALTY, now));
-            changes.push(t.record(Outcome::Failed, PENALTY, now));
+            changes.push(t.record(ok, PENALTY, now, &RULES));
+            changes.push(t.record(Outcome::Failed, PENALTY, now, &RULES));
         }
         assert_eq!(changes.last(), Some(&Change::Ejected(BASE_EJECTION)));
         assert!(changes[..9].iter().all(|c| *c == Change::None));
@@ -335,7 +374,7 @@ mod tests {
         let refused = Outcome::Refused {
             retry_after: Some(Duration::from_secs(7)),
         };
-        t.record(refused, PENALTY, now);
+        t.record(refused, PENALTY, now, &RULES);
         assert_eq!(
             t.health(now),
             Health::RetryAfter(now + Duration::from_secs(7))
@@ -348,10 +387,20 @@ mod tests {
         let t = Target::default();
         let now = Instant::now();
         assert_eq!(t.latency_us(now), None);
-        t.record(Outcome::Success(Duration::from_millis(100)), PENALTY, now);
+        t.record(
+            Outcome::Success(Duration::from_millis(100)),
+            PENALTY,
+            now,
+            &RULES,
+        );
         assert_eq!(t.latency_us(now), Some(100_000.0));
         // A slower sample is taken at once.
-        t.record(Outcome::Success(Duration::from_millis(400)), PENALTY, now);
+        t.record(
+            Outcome::Success(Duration::from_millis(400)),
+            PENALTY,
+            now,
+            &RULES,
+        );
         assert_eq!(t.latency_us(now), Some(400_000.0));
         // Left alone for one τ, it reads e⁻¹ of that.
         let later = now + TAU;
@@ -361,7 +410,12 @@ mod tests {
             "{read}"
         );
         // A refusal counts as the penalty, however fast it came.
-        t.record(Outcome::Refused { retry_after: None }, PENALTY, later);
+        t.record(
+            Outcome::Refused { retry_after: None },
+            PENALTY,
+            later,
+            &RULES,
+        );
         assert_eq!(t.latency_us(later), Some(PENALTY.as_secs_f64() * 1e6));
     }
 

@@ -6,8 +6,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Share of requests that may be retried.
-pub const RATIO: f64 = 0.2;
+/// Share of requests that may be retried, in percent.
+pub const RATIO_PERCENT: u32 = 20;
 /// Retries always allowed per window, however few the requests.
 pub const FLOOR: u32 = 10;
 const WINDOW: Duration = Duration::from_secs(10);
@@ -59,7 +59,8 @@ impl RetryBudget {
         let i = w.advance(now);
         let requests: u32 = w.requests.iter().sum();
         let retries: u32 = w.retries.iter().sum();
-        if f64::from(retries) >= f64::from(FLOOR) + RATIO * f64::from(requests) {
+        // In integers: a float's 0.2 × 15 is a hair above 3, which would allow one more.
+        if retries * 100 >= FLOOR * 100 + RATIO_PERCENT * requests {
             return false;
         }
         w.retries[i] += 1;

@@ -58,7 +58,8 @@ pub(super) fn choose(
         ));
     }
 
-    // Health: those out of service are skipped, but never more than half the targets;
+    // Health: those out of service are skipped, but never more than `max_ejected_percent`
+    // of the targets (half, by default);
     // past that, the ones that failed longest ago are tried anyway.
     let targets: Vec<Arc<Target>> = candidates
         .iter()
@@ -68,7 +69,7 @@ pub(super) fn choose(
     let mut out: Vec<usize> = (0..candidates.len())
         .filter(|i| !health[*i].is_available())
         .collect();
-    let most_out = candidates.len() / 2;
+    let most_out = candidates.len() * policy.outlier.max_ejected_percent as usize / 100;
     if out.len() > most_out {
         out.sort_by_key(|i| targets[*i].last_failure());
         out.drain(..out.len() - most_out);
@@ -360,7 +361,12 @@ routes:
     fn eject(p: &Policy, seen: &Observed, model: &str) {
         let t = p.model(model).unwrap().target(seen);
         for _ in 0..5 {
-            t.record(Outcome::Failed, Duration::from_secs(1), Instant::now());
+            t.record(
+                Outcome::Failed,
+                Duration::from_secs(1),
+                Instant::now(),
+                &p.outlier,
+            );
         }
     }
 
@@ -435,6 +441,7 @@ routes:
             Outcome::Success(Duration::from_millis(300)),
             Duration::ZERO,
             now,
+            &p.outlier,
         );
         // `middle` is unmeasured: tried first.
         assert_eq!(order(&p, &seen, "fast", &h)[0], "middle");
@@ -442,6 +449,7 @@ routes:
             Outcome::Success(Duration::from_millis(50)),
             Duration::ZERO,
             now,
+            &p.outlier,
         );
         for _ in 0..20 {
             assert_eq!(order(&p, &seen, "fast", &h)[0], "middle");
@@ -451,6 +459,7 @@ routes:
             Outcome::Refused { retry_after: None },
             Duration::from_secs(30),
             now,
+            &p.outlier,
         );
         assert_eq!(order(&p, &seen, "fast", &h), ["cheap", "middle"]);
     }
