@@ -8,6 +8,8 @@
 #   SHIPPING=1 COMPRESSION=none benches/callgrind.sh chat [binary]   # … as plain NDJSON
 #   GOVERNANCE=local benches/callgrind.sh chat [binary]   # admission: rpm, tpm and a budget
 #   GOVERNANCE=redis benches/callgrind.sh chat [binary]   # … decided by Redis (127.0.0.1:6379)
+#   STRATEGY=fastest benches/callgrind.sh chat [binary]   # a route of two targets chosen by
+#     fastest, cheapest, least-busy or complexity (default: priority over one target)
 #
 # Starts the mock upstream and the proxy (under valgrind) on loopback ports 9190-9192,
 # warms up, zeroes the counters, drives the workload with wrk for 8 s at 8 connections,
@@ -34,9 +36,17 @@ providers:
   mock: { format: openai, base_url: "http://127.0.0.1:9190/v1", api_key: sk-provider }
 models:
   bench-model: { provider: mock, name: mock-model, price: { input: 0.15, output: 0.60 } }
-routes:
-  - { name: bench, match: { model: "bench-*" }, strategy: priority, targets: [bench-model] }
 EOF
+[ -z "${STRATEGY:-}" ] || cat >> "$OUT/policy.yaml" <<EOF
+  bench-model-2: { provider: mock, name: mock-model-2, quality: 80, price: { input: 2.5, output: 10 } }
+EOF
+echo "routes:" >> "$OUT/policy.yaml"
+case "${STRATEGY:-}" in
+  "") route='strategy: priority, targets: [bench-model]' ;;
+  complexity) route='strategy: complexity, tiers: [ { model: bench-model, up_to: 0.5 }, bench-model-2 ]' ;;
+  *) route="strategy: $STRATEGY, targets: [bench-model, bench-model-2]" ;;
+esac
+echo "  - { name: bench, match: { model: \"bench-*\" }, $route }" >> "$OUT/policy.yaml"
 if [ -n "${GOVERNANCE:-}" ]; then
   # Every level counted: an rpm log, a tpm window and a budget that never runs out.
   team="bench-$$-$RANDOM"

@@ -79,6 +79,7 @@ fn event(i: u64, ts: chrono::DateTime<chrono::Utc>) -> UsageEvent {
             strategy: "weighted".into(),
             reason: None,
             score: None,
+            shadow: None,
         },
     }
 }

@@ -99,6 +99,7 @@ fn benches(c: &mut Criterion) {
                 headers: &headers,
                 body: &small,
                 max_tokens: None,
+                score: None,
             };
             black_box(route::plan(&policy, &seen, &input).ok())
         })
@@ -117,6 +118,7 @@ fn benches(c: &mut Criterion) {
                     headers: &headers,
                     body: &small,
                     max_tokens: Some(200),
+                    score: None,
                 };
                 black_box(route::plan(&strategies, &seen, &input).ok())
             })
@@ -130,6 +132,12 @@ fn benches(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(body.len() as u64));
         g.bench_function("score", |b| {
             b.iter(|| black_box(route::complexity::score(black_box(&body))))
+        });
+        // The JSON parse alone, for the scan's share of the score.
+        g.bench_function("json-parse-only", |b| {
+            b.iter(|| {
+                black_box(serde_json::from_slice::<serde::de::IgnoredAny>(black_box(&body)).ok())
+            })
         });
         g.finish();
     }

@@ -147,6 +147,9 @@ pub struct Route {
     pub min_quality: Option<f64>,
     pub retry: Retry,
     pub timeouts: Timeouts,
+    /// A route (index) evaluated beside this one for every request, its decision
+    /// recorded in the usage event and never acted on.
+    pub shadow: Option<usize>,
     /// Its retry budget in this process (`route::Observed`), found on first use.
     pub budget: std::sync::OnceLock<Arc<crate::route::retry_budget::RetryBudget>>,
 }
@@ -402,6 +405,9 @@ impl Policy {
             };
             if let Some(q) = r.min_quality {
                 targets.push_str(&format!("; min_quality {q}"));
+            }
+            if let Some(j) = r.shadow {
+                targets.push_str(&format!("; shadow: {}", self.routes[j].name));
             }
             let fallbacks = r
                 .fallbacks

@@ -347,12 +347,19 @@ async fn least_busy_balances_requests_in_flight() {
 async fn complexity_sends_easy_requests_low_and_hard_ones_high() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (Mock::start(dir.path(), &[]), Mock::start(dir.path(), &[]));
+    let collector = Collector::start(
+        dir.path(),
+        &format!("sqlite://{}/usage.db", dir.path().display()),
+    );
     let sc = start_proxy(
         dir.path(),
         &two(
             &a,
             &b,
-            "routes:\n  - name: auto\n    match: { model: auto }\n    strategy: complexity\n    tiers: [ { model: a, up_to: 0.5 }, b ]\n",
+            &format!(
+                "routes:\n  - name: auto\n    match: {{ model: auto }}\n    strategy: complexity\n    tiers: [ {{ model: a, up_to: 0.5 }}, b ]\n  - {{ name: main, match: {{ model: m }}, strategy: priority, targets: [b], shadow: auto }}\n{}",
+                telemetry_yaml(collector.port, &dir.path().join("spool"), "")
+            ),
         ),
     );
     let send = |content: &str| {
@@ -378,4 +385,38 @@ async fn complexity_sends_easy_requests_low_and_hard_ones_high() {
     assert!(why.starts_with("complexity; chose b; score 0.98"), "{why}");
     let v: Value = r.json().await.unwrap();
     assert!(v["choices"].is_array());
+    // A route with a shadow: served by its own choice, the shadow's only recorded.
+    let shadowed = ask(&sc, "m", &[]).await;
+    assert_eq!(
+        (shadowed.model.as_str(), shadowed.decision.as_str()),
+        ("b", "")
+    );
+    // The usage events carry the same decisions, with the scores.
+    collector
+        .wait_requests(3, "the three requests stored")
+        .await;
+    let (_, events) = collector.get(ADMIN_TOKEN, "/v1/events").await;
+    let events: Value = serde_json::from_str(&events).unwrap();
+    let decisions: Vec<&Value> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["decision"])
+        .collect();
+    assert_eq!(decisions[0]["strategy"], "complexity");
+    assert!((decisions[0]["score"].as_f64().unwrap() - 0.016090526442150876).abs() < 1e-12);
+    assert!(decisions[0]["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("complexity; chose a; score 0.016 -> tier 1 (a)"));
+    assert!(decisions[1]["score"].as_f64().unwrap() > 0.98);
+    assert_eq!(decisions[2]["strategy"], "priority");
+    let shadow = &decisions[2]["shadow"];
+    assert_eq!(
+        (&shadow["route"], &shadow["strategy"]),
+        (&json!("auto"), &json!("complexity"))
+    );
+    // "Say hello." is easy: the shadow would have sent it to the first tier.
+    assert_eq!(shadow["model"], "a");
+    assert!(shadow["score"].as_f64().unwrap() < 0.5);
 }

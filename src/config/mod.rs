@@ -443,6 +443,21 @@ fn compile(
             &provider_index,
         )?);
     }
+    // Shadows name other routes, so they are resolved once every route exists.
+    for (i, rr) in raw.routes.iter().enumerate() {
+        let Some(name) = &rr.shadow else { continue };
+        let j = routes
+            .iter()
+            .position(|r| &*r.name == name.as_str())
+            .filter(|j| *j != i)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    format!("routes[{i}].shadow"),
+                    format!("{name:?} is not another route's name"),
+                )
+            })?;
+        routes[i].shadow = Some(j);
+    }
 
     let (governance, governance_settings) = governance::compile(&raw, env, &model_index, &routes)?;
     let telemetry = match &raw.telemetry {

@@ -253,6 +253,9 @@ pub struct RawRoute {
     /// Targets rated below this `quality` are not chosen.
     #[serde(default)]
     pub min_quality: Option<f64>,
+    /// Another route evaluated for every request, its decision recorded, never acted on.
+    #[serde(default)]
+    pub shadow: Option<String>,
     /// For `passthrough`: the provider to use when the request's host names none.
     #[serde(default)]
     pub provider: Option<String>,

@@ -316,6 +316,7 @@ pub(super) fn compile_route(
         min_quality,
         retry,
         timeouts,
+        shadow: None,
         budget: std::sync::OnceLock::new(),
     })
 }

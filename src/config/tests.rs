@@ -333,3 +333,12 @@ fn secret_shaped_values_are_hidden_wherever_they_are_echoed() {
     let e = err("providers:\n  p: { format: openai, base_url: http://a/v1 }\nmodels:\n  m: { provider: claude-3-5-haiku-20241022 }\n");
     assert!(e.to_string().contains("claude-3-5-haiku-20241022"), "{e}");
 }
+
+#[test]
+fn a_shadow_names_another_route() {
+    let shadowed = GOOD.replace("strategy: weighted", "shadow: nope\n    strategy: weighted");
+    let e = err(&shadowed);
+    assert_eq!(e.field, "routes[0].shadow");
+    let own = GOOD.replace("strategy: weighted", "shadow: chat\n    strategy: weighted");
+    assert_eq!(err(&own).field, "routes[0].shadow");
+}

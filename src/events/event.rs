@@ -83,6 +83,22 @@ pub struct Decision {
     /// `switchyard whatif` re-routes by).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score: Option<f64>,
+    /// What the route's shadow would have chosen (recorded, not acted on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Shadow>,
+}
+
+/// A shadow route's decision for the same request.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Shadow {
+    pub route: Arc<str>,
+    pub strategy: Arc<str>,
+    /// The model it would have tried first.
+    pub model: Arc<str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Arc<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
 }
 
 /// A USD amount held exactly as integer atto-dollars (10⁻¹⁸), serialised as a JSON number
@@ -295,6 +311,20 @@ impl UsageEvent {
             w.raw(key!("score"));
             w.raw(ryu::Buffer::new().format_finite(score));
         }
+        if let Some(s) = &self.decision.shadow {
+            w.raw(",\"shadow\":{\"route\":");
+            w.string(&s.route);
+            w.field_str(key!("strategy"), &s.strategy);
+            w.field_str(key!("model"), &s.model);
+            if let Some(r) = &s.reason {
+                w.field_str(key!("reason"), r);
+            }
+            if let Some(score) = s.score.filter(|s| s.is_finite()) {
+                w.raw(key!("score"));
+                w.raw(ryu::Buffer::new().format_finite(score));
+            }
+            w.raw("}");
+        }
         w.raw("}}");
     }
 }
@@ -430,6 +460,7 @@ mod tests {
                 strategy: "weighted".into(),
                 reason: None,
                 score: None,
+                shadow: None,
             },
         }
     }
@@ -452,6 +483,13 @@ mod tests {
         e.ttft_ms = None;
         e.decision.reason = Some("attempt 2 of the plan".into());
         e.decision.score = Some(0.4321);
+        e.decision.shadow = Some(Shadow {
+            route: "auto".into(),
+            strategy: "complexity".into(),
+            model: "small".into(),
+            reason: Some("complexity; chose small; score 0.1 -> tier 1 (small)".into()),
+            score: Some(0.1),
+        });
         e.team = "quote\" back\\ nl\n tab\t bell\u{7} é 😀".into();
         e.cost_usd = Usd(123_456_789_000_000_000_001);
         e.input_tokens = u64::MAX;

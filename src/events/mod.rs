@@ -8,7 +8,7 @@ pub mod event;
 pub mod ship;
 pub mod spool;
 
-pub use event::{Decision, PolicyVersion, UsageEvent, Usd};
+pub use event::{Decision, PolicyVersion, Shadow, UsageEvent, Usd};
 
 use crate::telemetry::EventMetrics;
 use spool::Spool;

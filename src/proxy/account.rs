@@ -25,6 +25,8 @@ pub(crate) struct Record {
     pub explain: Option<Arc<str>>,
     /// The request's complexity score, where its route computed one.
     pub score: Option<f64>,
+    /// The route's shadow's decision.
+    pub shadow: Option<crate::events::Shadow>,
     pub attempts: u32,
     pub fallback: bool,
     pub stream: bool,
@@ -95,6 +97,7 @@ pub(super) fn event(ctx: &Ctx, status: u16) -> Option<UsageEvent> {
             }),
             reason,
             score: r.score,
+            shadow: r.shadow.clone(),
         },
     })
 }

@@ -68,6 +68,7 @@ pub fn direct_plan(provider: usize) -> Plan {
         timeouts: Timeouts::default(),
         explain: None,
         score: None,
+        shadow: None,
         retry_budget: None,
     }
 }
@@ -104,6 +105,7 @@ impl Switchyard {
         ctx.record.strategy = plan.strategy;
         ctx.record.explain = plan.explain.clone();
         ctx.record.score = plan.score;
+        ctx.record.shadow = plan.shadow.clone();
         if let Some(b) = &plan.retry_budget {
             b.request(Instant::now());
         }

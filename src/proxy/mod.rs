@@ -385,6 +385,7 @@ impl Switchyard {
             headers,
             body: &body,
             max_tokens,
+            score: None,
         };
         let seen = &self.state.observed;
         let plan = match (&probe, host_provider) {
@@ -413,6 +414,7 @@ impl Switchyard {
                         headers,
                         body: &body,
                         max_tokens: p.max_tokens,
+                        score: None,
                     };
                     route::plan_downgrade(policy, seen, to, &input)
                 })

@@ -222,21 +222,40 @@ fn pack(word: &[u8]) -> Option<u64> {
     )
 }
 
-/// The keyword table: packed words sorted, with their groups, and a 4096-bit filter that
-/// turns most words away before the search.
+/// Slots of the keyword table (a power of two, about seven times the keywords).
+const SLOTS: usize = 1024;
+
+/// The keywords as an open-addressing table of packed words and their groups: most
+/// words miss at their first slot, which is empty.
 struct Keywords {
-    sorted: Vec<(u64, u8)>,
-    filter: [u64; 64],
+    slots: Box<[(u64, u8); SLOTS]>,
 }
 
-fn filter_bit(packed: u64) -> usize {
-    (packed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize
+impl Keywords {
+    fn slot(packed: u64) -> usize {
+        (packed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) as usize
+    }
+
+    #[inline]
+    fn groups(&self, packed: u64) -> u8 {
+        let mut i = Keywords::slot(packed);
+        loop {
+            let (key, groups) = self.slots[i];
+            if key == packed {
+                return groups;
+            }
+            if key == 0 {
+                return 0;
+            }
+            i = (i + 1) % SLOTS;
+        }
+    }
 }
 
 fn keywords() -> &'static Keywords {
     static TABLE: OnceLock<Keywords> = OnceLock::new();
     TABLE.get_or_init(|| {
-        let mut sorted: Vec<(u64, u8)> = Vec::new();
+        let mut slots = Box::new([(0u64, 0u8); SLOTS]);
         for (list, group) in [
             (CALC, GROUP_CALC),
             (REASON, GROUP_REASON),
@@ -247,23 +266,49 @@ fn keywords() -> &'static Keywords {
             (PRONOUN, GROUP_PRONOUN),
         ] {
             for w in list {
-                if let Some(p) = pack(w.as_bytes()) {
-                    match sorted.iter_mut().find(|(q, _)| *q == p) {
-                        Some((_, g)) => *g |= group,
-                        None => sorted.push((p, group)),
-                    }
+                let Some(p) = pack(w.as_bytes()) else {
+                    continue;
+                };
+                let mut i = Keywords::slot(p);
+                while slots[i].0 != 0 && slots[i].0 != p {
+                    i = (i + 1) % SLOTS;
                 }
+                slots[i] = (p, slots[i].1 | group);
             }
         }
-        sorted.sort_unstable();
-        let mut filter = [0u64; 64];
-        for (p, _) in &sorted {
-            let h = filter_bit(*p);
-            filter[h >> 6] |= 1 << (h & 63);
-        }
-        Keywords { sorted, filter }
+        Keywords { slots }
     })
 }
+
+/// What a byte is to the scan.
+const OTHER: u8 = 0;
+const LETTER: u8 = 1;
+const DIGIT: u8 = 2;
+const OP: u8 = 3;
+const CODE_CHAR: u8 = 4;
+const BACKSLASH: u8 = 5;
+
+static CLASS: [u8; 256] = {
+    let mut t = [OTHER; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = if c.is_ascii_alphabetic() {
+            LETTER
+        } else if c.is_ascii_digit() {
+            DIGIT
+        } else {
+            match c {
+                b'=' | b'+' | b'*' | b'/' | b'^' | b'<' | b'>' | b'|' | b'%' => OP,
+                b'{' | b'}' | b';' | b'`' | b'_' => CODE_CHAR,
+                b'\\' => BACKSLASH,
+                _ => OTHER,
+            }
+        };
+        b += 1;
+    }
+    t
+};
 
 /// Raw counts from the one pass over the user's text.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -326,49 +371,51 @@ impl Scanner {
         let n = u.len();
         let mut i = 0;
         while i < n {
-            let b = u[i];
-            if b.is_ascii_alphabetic() {
-                let start = i;
-                while i < n && u[i].is_ascii_alphabetic() {
-                    i += 1;
+            match CLASS[usize::from(u[i])] {
+                LETTER => {
+                    // The word and its packed form in one pass (0 past 12 letters).
+                    let start = i;
+                    let mut p = 0u64;
+                    while i < n && CLASS[usize::from(u[i])] == LETTER {
+                        p = p.wrapping_mul(32) + u64::from((u[i] | 0x20) - b'a' + 1);
+                        i += 1;
+                    }
+                    if i - start > 12 {
+                        p = 0;
+                    }
+                    self.word(p, u[i - 1] | 0x20);
+                    continue;
                 }
-                self.word(&u[start..i]);
-                continue;
-            }
-            if b.is_ascii_digit() {
-                while i < n && u[i].is_ascii_digit() {
-                    i += 1;
+                DIGIT => {
+                    while i < n && u[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                    self.c.nums += 1;
+                    continue;
                 }
-                self.c.nums += 1;
-                continue;
-            }
-            match b {
-                b'=' | b'+' | b'*' | b'/' | b'^' | b'<' | b'>' | b'|' | b'%' => self.c.ops += 1,
-                b'{' | b'}' | b';' | b'`' | b'_' => self.c.code_chars += 1,
-                b'\\' if u.get(i + 1).is_some_and(u8::is_ascii_alphabetic) => self.c.latex += 1,
+                OP => self.c.ops += 1,
+                CODE_CHAR => self.c.code_chars += 1,
+                BACKSLASH if u.get(i + 1).is_some_and(u8::is_ascii_alphabetic) => self.c.latex += 1,
                 _ => {}
             }
             i += 1;
         }
     }
 
-    fn word(&mut self, w: &[u8]) {
+    /// A word: `p` packed (0 if longer than 12 letters), `last` its last letter.
+    fn word(&mut self, p: u64, last: u8) {
         self.c.words += 1;
-        let p = pack(w).unwrap_or(0);
         if p != 0 {
-            let h = filter_bit(p);
-            if self.keywords.filter[h >> 6] & (1 << (h & 63)) != 0 {
-                if let Ok(k) = self.keywords.sorted.binary_search_by_key(&p, |e| e.0) {
-                    let g = self.keywords.sorted[k].1;
-                    let c = &mut self.c;
-                    c.calc += usize::from(g & GROUP_CALC != 0);
-                    c.reason += usize::from(g & GROUP_REASON != 0);
-                    c.code += usize::from(g & GROUP_CODE != 0);
-                    c.simple += usize::from(g & GROUP_SIMPLE != 0);
-                    c.neg += usize::from(g & GROUP_NEG != 0);
-                    c.cond += usize::from(g & GROUP_COND != 0);
-                    c.pronoun += usize::from(g & GROUP_PRONOUN != 0);
-                }
+            let g = self.keywords.groups(p);
+            if g != 0 {
+                let c = &mut self.c;
+                c.calc += usize::from(g & GROUP_CALC != 0);
+                c.reason += usize::from(g & GROUP_REASON != 0);
+                c.code += usize::from(g & GROUP_CODE != 0);
+                c.simple += usize::from(g & GROUP_SIMPLE != 0);
+                c.neg += usize::from(g & GROUP_NEG != 0);
+                c.cond += usize::from(g & GROUP_COND != 0);
+                c.pronoun += usize::from(g & GROUP_PRONOUN != 0);
             }
             if p == packed("t") && self.prev_last == b'n' {
                 self.c.neg += 1;
@@ -394,7 +441,7 @@ impl Scanner {
             }
         }
         self.prev = p;
-        self.prev_last = w.last().map_or(0, |b| b | 0x20);
+        self.prev_last = last;
     }
 }
 

@@ -30,6 +30,9 @@ pub struct RouteInput<'a> {
     pub body: &'a [u8],
     /// The client's output limit, if it set one.
     pub max_tokens: Option<u64>,
+    /// The complexity score when it is already known (`switchyard whatif` replays recorded
+    /// ones); `None`: computed from `body` if a strategy needs it.
+    pub score: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +64,8 @@ pub struct Plan {
     pub explain: Option<Arc<str>>,
     /// The request's complexity score, where the strategy computed one.
     pub score: Option<f64>,
+    /// The route's shadow's decision, recorded in the usage event, not acted on.
+    pub shadow: Option<crate::events::Shadow>,
     /// The route's retry budget (`None` for the catalog and passthrough: a single attempt).
     pub retry_budget: Option<Arc<RetryBudget>>,
 }
@@ -127,6 +132,7 @@ pub fn plan(policy: &Policy, seen: &Observed, input: &RouteInput<'_>) -> Result<
                 timeouts: Timeouts::default(),
                 explain: None,
                 score: None,
+                shadow: None,
                 retry_budget: None,
             }),
             None => Err(model_not_found(input.model)),
@@ -217,10 +223,23 @@ fn plan_route(
             timeouts: route.timeouts,
             explain: None,
             score: None,
+            shadow: None,
             retry_budget: Some(route.retry_budget(seen)),
         });
     }
-    let choice = strategy::choose(policy, seen, route, input)?;
+    let choice = strategy::choose(policy, seen, route, input, None, true)?;
+    let shadow = route.shadow.and_then(|j| {
+        let r = &policy.routes[j];
+        // Dry: no probe is taken and nothing counted for a choice that is not acted on.
+        let c = strategy::choose(policy, seen, r, input, choice.score, false).ok()?;
+        Some(crate::events::Shadow {
+            route: r.name.clone(),
+            strategy: Arc::from(r.strategy.name()),
+            model: policy.models[*c.order.first()?].alias.clone(),
+            reason: c.explain.map(Arc::from),
+            score: c.score,
+        })
+    });
     let attempts: Vec<Attempt> = choice
         .order
         .iter()
@@ -240,6 +259,7 @@ fn plan_route(
         timeouts: route.timeouts,
         explain: choice.explain.map(Arc::from),
         score: choice.score,
+        shadow,
         retry_budget: Some(route.retry_budget(seen)),
     })
 }
@@ -285,6 +305,7 @@ routes:
             headers,
             body: b"{}",
             max_tokens: None,
+            score: None,
         }
     }
 
@@ -330,6 +351,7 @@ routes:
             headers: &h,
             body: b"{}",
             max_tokens: None,
+            score: None,
         };
         let plan = plan_fresh(&p, &inp).unwrap();
         assert_eq!(&*plan.route, "pass");

@@ -24,11 +24,15 @@ pub(super) struct Choice {
     pub score: Option<f64>,
 }
 
+/// `known_score`: the request's complexity score if already computed (by the route whose
+/// shadow this is); `acting`: false for a shadow, which takes no probe.
 pub(super) fn choose(
     policy: &Policy,
     seen: &Observed,
     route: &Route,
     input: &RouteInput<'_>,
+    known_score: Option<f64>,
+    acting: bool,
 ) -> Result<Choice, ProxyError> {
     let now = Instant::now();
     let floor = min_quality(route, input.headers)?;
@@ -114,7 +118,9 @@ pub(super) fn choose(
         }
         Strategy::Priority { .. } => available.clone(),
         Strategy::Complexity { tiers } => {
-            let s = complexity::score(input.body);
+            let s = known_score
+                .or(input.score)
+                .unwrap_or_else(|| complexity::score(input.body));
             score = Some(s);
             let tier = tiers.iter().position(|(_, up_to)| s <= *up_to).unwrap_or(0);
             let pos = |m: usize| candidates.iter().position(|c| *c == m);
@@ -205,7 +211,7 @@ pub(super) fn choose(
         Strategy::Passthrough { .. } => Vec::new(),
     };
 
-    if let Some(first) = ordered.first() {
+    if let Some(first) = ordered.first().filter(|_| acting) {
         if health[*first] == Health::Probation {
             targets[*first].take_probe(now);
         }
@@ -350,6 +356,7 @@ routes:
             headers,
             body: br#"{"messages":[{"role":"user","content":"hi"}]}"#,
             max_tokens: Some(100),
+            score: None,
         };
         let plan = plan(p, seen, &input).unwrap();
         plan.attempts
@@ -401,6 +408,7 @@ routes:
             headers: &h,
             body: b"{}",
             max_tokens: None,
+            score: None,
         };
         let e = plan(&p, &seen, &input).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidRequest);
@@ -425,6 +433,7 @@ routes:
             headers: &h,
             body: b"{}",
             max_tokens: None,
+            score: None,
         };
         let explain = plan(&p, &seen, &input).unwrap().explain.unwrap();
         assert_eq!(&*explain, "priority; chose cheap; skipped middle (ejected)");
