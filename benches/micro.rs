@@ -99,6 +99,7 @@ fn benches(c: &mut Criterion) {
                 headers: &headers,
                 body: &small,
                 max_tokens: None,
+                input_tokens: None,
                 score: None,
             };
             black_box(route::plan(&policy, &seen, &input).ok())
@@ -118,6 +119,7 @@ fn benches(c: &mut Criterion) {
                     headers: &headers,
                     body: &small,
                     max_tokens: Some(200),
+                    input_tokens: None,
                     score: None,
                 };
                 black_box(route::plan(&strategies, &seen, &input).ok())

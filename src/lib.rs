@@ -26,3 +26,4 @@ pub mod state;
 pub mod telemetry;
 pub mod upstream;
 pub mod usage;
+pub mod whatif;

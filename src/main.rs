@@ -64,6 +64,26 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: switchyard::collector::report::Format,
     },
+    /// Route the recorded traffic again under a new policy: requests moved between
+    /// models, cost before and after at its prices, expected latency.
+    Whatif {
+        /// The collector's base URL.
+        #[arg(
+            long,
+            env = "SWITCHYARD_COLLECTOR",
+            default_value = "http://127.0.0.1:7070"
+        )]
+        collector: String,
+        /// A reader token (a team token sees its team's traffic only).
+        #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Start: a span back from now (7d, 24h) or a time (RFC 3339, YYYY-MM-DD).
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// The policy to try.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Make a new random token (collector ingest or reader): prints the token once, and the
     /// `sha256:` line to put in the config.
     Token,
@@ -190,6 +210,29 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("switchyard usage: {e}");
                     ExitCode::from(1)
+                }
+            }
+        }
+        Command::Whatif {
+            collector,
+            token,
+            since,
+            config,
+        } => {
+            let req = switchyard::whatif::Request {
+                collector: &collector,
+                token: &token,
+                since: &since,
+                config: &config,
+            };
+            match switchyard::whatif::run(&req) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("switchyard whatif: {e}");
+                    ExitCode::FAILURE
                 }
             }
         }

@@ -420,3 +420,100 @@ async fn complexity_sends_easy_requests_low_and_hard_ones_high() {
     assert_eq!(shadow["model"], "a");
     assert!(shadow["score"].as_f64().unwrap() < 0.5);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn whatif_reprices_and_reroutes_recorded_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(dir.path(), &["--chunks", "10"]);
+    let collector = Collector::start(
+        dir.path(),
+        &format!("sqlite://{}/usage.db", dir.path().display()),
+    );
+    // Recorded under the running policy: input free, 10 output tokens a request; small at
+    // $1000 per million output tokens (0.01 a request), big at $3000 (0.03).
+    let catalog = |small: u32, key: &str| {
+        format!(
+            "providers:\n  p: {{ format: openai, base_url: \"{}/v1\", api_key: \"{key}\" }}\nmodels:\n  small: {{ provider: p, price: {{ input: 0, output: {small} }} }}\n  big: {{ provider: p, price: {{ input: 0, output: 3000 }} }}\n",
+            mock.url()
+        )
+    };
+    let sc = start_proxy(
+        dir.path(),
+        &format!(
+            "{}{}",
+            catalog(1000, "sk-test"),
+            telemetry_yaml(collector.port, &dir.path().join("spool"), "")
+        ),
+    );
+    for model in ["small", "small", "small", "small", "big", "big"] {
+        assert_eq!(ask(&sc, model, &[]).await.status, 200);
+    }
+    collector.wait_requests(6, "six requests stored").await;
+
+    // The policy to try: small doubles its price, and requests for big go to the cheapest.
+    // Its provider key names a variable the analyst's shell does not have: no matter.
+    let new = dir.path().join("new.yaml");
+    std::fs::write(
+        &new,
+        format!(
+            "{}routes:\n  - {{ name: cheapen, match: {{ model: big }}, strategy: cheapest, targets: [big, small] }}\n",
+            catalog(2000, "${WHATIF_TEST_UNSET_KEY}")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "whatif",
+            "--collector",
+            &collector.url(),
+            "--token",
+            ADMIN_TOKEN,
+            "--since",
+            "1d",
+            "--config",
+        ])
+        .arg(&new)
+        .env_remove("WHATIF_TEST_UNSET_KEY")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |section: &str, name: &str| -> Vec<String> {
+        let at = text.find(&format!("by {section}:")).unwrap();
+        text[at..]
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} row in:\n{text}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    // By hand: before 4 × 0.01 + 2 × 0.03 = 0.10; after 4 × 0.02 (small at $2000) + the two
+    // big requests moved to small, 2 × 0.02 = 0.12.
+    assert_eq!(
+        row("route", "TOTAL")[1..6],
+        ["6", "2", "0.1", "0.12", "+0.02"],
+        "{text}"
+    );
+    assert_eq!(
+        row("route", "catalog")[1..6],
+        ["4", "0", "0.04", "0.08", "+0.04"],
+        "{text}"
+    );
+    assert_eq!(
+        row("route", "cheapen")[1..6],
+        ["2", "2", "0.06", "0.04", "-0.02"],
+        "{text}"
+    );
+    assert_eq!(
+        row("team", "default")[1..6],
+        ["6", "2", "0.1", "0.12", "+0.02"],
+        "{text}"
+    );
+    assert!(text.contains("big -> small: 2"), "{text}");
+    assert!(text.starts_with("6 events, 6 routed"), "{text}");
+}

@@ -6,6 +6,11 @@ use std::fmt::Write as _;
 /// Where values come from; a trait so tests need not touch the process environment.
 pub trait Env {
     fn var(&self, name: &str) -> Option<String>;
+
+    /// What an unset variable without a default becomes; `None` (the rule): an error.
+    fn unset(&self, _name: &str) -> Option<String> {
+        None
+    }
 }
 
 pub struct ProcessEnv;
@@ -37,7 +42,10 @@ pub fn expand_vars(value: &str, env: &dyn Env) -> Result<String, String> {
         match (env.var(name), default) {
             (Some(v), _) if !v.is_empty() || default.is_none() => out.push_str(&v),
             (_, Some(d)) => out.push_str(d),
-            (None, None) => return Err(format!("environment variable {name} is not set")),
+            (None, None) => match env.unset(name) {
+                Some(v) => out.push_str(&v),
+                None => return Err(format!("environment variable {name} is not set")),
+            },
             (Some(_), None) => unreachable!("covered by the first arm"),
         }
         rest = &after[end + 1..];

@@ -385,6 +385,7 @@ impl Switchyard {
             headers,
             body: &body,
             max_tokens,
+            input_tokens: None,
             score: None,
         };
         let seen = &self.state.observed;
@@ -414,6 +415,7 @@ impl Switchyard {
                         headers,
                         body: &body,
                         max_tokens: p.max_tokens,
+                        input_tokens: None,
                         score: None,
                     };
                     route::plan_downgrade(policy, seen, to, &input)

@@ -30,6 +30,9 @@ pub struct RouteInput<'a> {
     pub body: &'a [u8],
     /// The client's output limit, if it set one.
     pub max_tokens: Option<u64>,
+    /// The prompt's tokens when already known (`whatif`: the provider's count); `None`:
+    /// estimated from `body`.
+    pub input_tokens: Option<u64>,
     /// The complexity score when it is already known (`switchyard whatif` replays recorded
     /// ones); `None`: computed from `body` if a strategy needs it.
     pub score: Option<f64>,
@@ -305,6 +308,7 @@ routes:
             headers,
             body: b"{}",
             max_tokens: None,
+            input_tokens: None,
             score: None,
         }
     }
@@ -351,6 +355,7 @@ routes:
             headers: &h,
             body: b"{}",
             max_tokens: None,
+            input_tokens: None,
             score: None,
         };
         let plan = plan_fresh(&p, &inp).unwrap();

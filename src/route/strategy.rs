@@ -147,7 +147,9 @@ pub(super) fn choose(
             order
         }
         Strategy::Cheapest { .. } => {
-            let input_tokens = (input.body.len() as u64).div_ceil(BYTES_PER_TOKEN);
+            let input_tokens = input
+                .input_tokens
+                .unwrap_or_else(|| (input.body.len() as u64).div_ceil(BYTES_PER_TOKEN));
             let output_tokens = input.max_tokens.unwrap_or(EXPECTED_OUTPUT_TOKENS);
             let cost = |i: usize| -> Atto {
                 match policy.models[candidates[i]].price {
@@ -356,6 +358,7 @@ routes:
             headers,
             body: br#"{"messages":[{"role":"user","content":"hi"}]}"#,
             max_tokens: Some(100),
+            input_tokens: None,
             score: None,
         };
         let plan = plan(p, seen, &input).unwrap();
@@ -408,6 +411,7 @@ routes:
             headers: &h,
             body: b"{}",
             max_tokens: None,
+            input_tokens: None,
             score: None,
         };
         let e = plan(&p, &seen, &input).unwrap_err();
@@ -433,6 +437,7 @@ routes:
             headers: &h,
             body: b"{}",
             max_tokens: None,
+            input_tokens: None,
             score: None,
         };
         let explain = plan(&p, &seen, &input).unwrap().explain.unwrap();
