@@ -128,6 +128,8 @@ pub struct Model {
     pub quality: Option<f64>,
     /// Its health and load in this process (`route::Observed`), found on first use.
     pub health: std::sync::OnceLock<Arc<crate::route::health::Target>>,
+    /// Its decision counter as the `catalog` route's target, found on first use.
+    pub decision: std::sync::OnceLock<Option<prometheus::IntCounter>>,
 }
 
 #[derive(Debug, Clone)]
@@ -152,6 +154,8 @@ pub struct Route {
     pub shadow: Option<usize>,
     /// Its retry budget in this process (`route::Observed`), found on first use.
     pub budget: std::sync::OnceLock<Arc<crate::route::retry_budget::RetryBudget>>,
+    /// Its decision counters by target model, made on first use.
+    pub decisions: std::sync::OnceLock<Vec<(usize, prometheus::IntCounter)>>,
 }
 
 #[derive(Default)]

@@ -37,6 +37,7 @@ impl State {
         let body_memory_cap =
             usize::try_from(policy.max_body_memory_bytes).unwrap_or(Semaphore::MAX_PERMITS);
         let governor = crate::governance::Governor::new(metrics.governance.clone());
+        let observed = crate::route::Observed::with_metrics(metrics.routing.clone());
         Arc::new(State {
             body_memory: Arc::new(Semaphore::new(body_memory_cap.min(Semaphore::MAX_PERMITS))),
             body_memory_cap,
@@ -47,7 +48,7 @@ impl State {
             draining: AtomicBool::new(false),
             events: std::sync::OnceLock::new(),
             governor,
-            observed: crate::route::Observed::default(),
+            observed,
         })
     }
 

@@ -415,6 +415,7 @@ fn compile(
                 q => q,
             },
             health: std::sync::OnceLock::new(),
+            decision: std::sync::OnceLock::new(),
         });
     }
 

@@ -318,5 +318,6 @@ pub(super) fn compile_route(
         timeouts,
         shadow: None,
         budget: std::sync::OnceLock::new(),
+        decisions: std::sync::OnceLock::new(),
     })
 }

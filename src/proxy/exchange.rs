@@ -70,6 +70,7 @@ pub fn direct_plan(provider: usize) -> Plan {
         score: None,
         shadow: None,
         retry_budget: None,
+        decision: None,
     }
 }
 
@@ -109,12 +110,8 @@ impl Switchyard {
         if let Some(b) = &plan.retry_budget {
             b.request(Instant::now());
         }
-        if let Some(first) = plan.attempts.first() {
-            metrics
-                .routing
-                .decisions
-                .with_label_values(&[&*plan.route, plan.strategy, &first.model_label])
-                .inc();
+        if let Some(c) = &plan.decision {
+            c.inc();
         }
         // A refusal counts as this slow in the target's response-time average.
         let penalty = plan.timeouts.first_byte.min(REFUSAL_PENALTY);

@@ -11,6 +11,7 @@ use crate::error::{ErrorCode, ProxyError};
 use crate::policy::{Policy, Retry, Route, Strategy, Timeouts};
 use ahash::AHashMap;
 use http::HeaderMap;
+use prometheus::IntCounter;
 use retry_budget::RetryBudget;
 use std::sync::{Arc, Mutex};
 
@@ -71,6 +72,9 @@ pub struct Plan {
     pub shadow: Option<crate::events::Shadow>,
     /// The route's retry budget (`None` for the catalog and passthrough: a single attempt).
     pub retry_budget: Option<Arc<RetryBudget>>,
+    /// `switchyard_route_decisions_total` of this route, strategy and first model (looked
+    /// up once per policy, not per request).
+    pub decision: Option<IntCounter>,
 }
 
 impl Plan {
@@ -90,9 +94,24 @@ impl Plan {
 pub struct Observed {
     pub targets: health::Targets,
     budgets: Mutex<AHashMap<Arc<str>, Arc<RetryBudget>>>,
+    /// Where decisions are counted; `None` (tests, `whatif`): not counted.
+    metrics: Option<crate::telemetry::RoutingMetrics>,
 }
 
 impl Observed {
+    pub fn with_metrics(metrics: crate::telemetry::RoutingMetrics) -> Observed {
+        Observed {
+            metrics: Some(metrics),
+            ..Observed::default()
+        }
+    }
+
+    /// The decision counter of (route, strategy, model), for the policy's caches.
+    fn decision_counter(&self, route: &str, strategy: &str, model: &str) -> Option<IntCounter> {
+        let m = self.metrics.as_ref()?;
+        Some(m.decisions.with_label_values(&[route, strategy, model]))
+    }
+
     fn budget(&self, route: &Arc<str>) -> Arc<RetryBudget> {
         let mut m = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(route.clone()).or_default().clone()
@@ -106,12 +125,42 @@ impl crate::policy::Model {
             .get_or_init(|| seen.targets.get(&self.alias))
             .clone()
     }
+
+    /// The decision counter of the catalog route to this model, found once per policy.
+    fn catalog_decision(&self, seen: &Observed) -> Option<IntCounter> {
+        self.decision
+            .get_or_init(|| seen.decision_counter(DEFAULT_ROUTE, "catalog", &self.alias))
+            .clone()
+    }
 }
 
 impl Route {
     /// The route's retry budget, found once per policy.
     pub fn retry_budget(&self, seen: &Observed) -> Arc<RetryBudget> {
         self.budget.get_or_init(|| seen.budget(&self.name)).clone()
+    }
+
+    /// The decision counter for `model` chosen first, from counters made once per policy
+    /// for each of the route's targets.
+    fn decision(&self, policy: &Policy, seen: &Observed, model: usize) -> Option<IntCounter> {
+        let counters = self.decisions.get_or_init(|| {
+            let mut targets = self.strategy.targets();
+            targets.extend(&self.fallbacks);
+            targets
+                .into_iter()
+                .filter_map(|m| {
+                    let alias = &policy.models.get(m)?.alias;
+                    Some((
+                        m,
+                        seen.decision_counter(&self.name, self.strategy.name(), alias)?,
+                    ))
+                })
+                .collect()
+        });
+        counters
+            .iter()
+            .find(|(m, _)| *m == model)
+            .map(|(_, c)| c.clone())
     }
 }
 
@@ -122,6 +171,7 @@ pub fn plan(policy: &Policy, seen: &Observed, input: &RouteInput<'_>) -> Result<
         Some(route) => plan_route(policy, seen, route, input),
         None => match policy.model_index.get(input.model) {
             Some(&m) => Ok(Plan {
+                decision: policy.models[m].catalog_decision(seen),
                 route: Arc::from(DEFAULT_ROUTE),
                 strategy: "catalog",
                 attempts: vec![catalog_attempt(policy, m)],
@@ -228,6 +278,8 @@ fn plan_route(
             score: None,
             shadow: None,
             retry_budget: Some(route.retry_budget(seen)),
+            // Passthrough models are the clients' own names: not a bounded label.
+            decision: None,
         });
     }
     let choice = strategy::choose(policy, seen, route, input, None, true)?;
@@ -264,6 +316,10 @@ fn plan_route(
         score: choice.score,
         shadow,
         retry_budget: Some(route.retry_budget(seen)),
+        decision: choice
+            .order
+            .first()
+            .and_then(|m| route.decision(policy, seen, *m)),
     })
 }
 
