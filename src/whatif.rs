@@ -4,9 +4,10 @@
 //! prices: requests moved between models, cost before and after, and the latency to expect
 //! from each model's observed latency.
 //!
-//! It routes as the sidecar would with every target healthy. `fastest` picks the model
-//! with the lowest observed latency, `least-busy` draws at random, and a complexity route
-//! sends an event without a recorded score to its middle tier.
+//! It routes as the sidecar would with every target healthy. `fastest` draws its two
+//! choices over the observed latencies (a model absent from the events is unmeasured, and
+//! tried first), `least-busy` draws at random, and an event without a recorded score
+//! scores 0.5.
 
 use crate::config::expand::Env;
 use crate::events::UsageEvent;
@@ -143,6 +144,7 @@ pub fn analyse(policy: &Policy, events: &[UsageEvent]) -> Analysis {
                 Duration::ZERO,
                 now,
                 &policy.outlier,
+                false,
             );
         }
     }

@@ -476,9 +476,10 @@ async fn budgets_at_the_collector(dir: &std::path::Path, db: &str, replica: bool
         assert_eq!(post(&sc, &ask("small"), None).await.0, 200);
     }
     collector.wait_requests(5, "five requests stored").await;
+    // Newest first.
     let want = vec![
-        ("team".to_string(), "research".to_string(), 0.2),
         ("team".to_string(), "research".to_string(), 0.5),
+        ("team".to_string(), "research".to_string(), 0.2),
     ];
     let start = std::time::Instant::now();
     while alerts(&collector, ADMIN_TOKEN).await.len() < 2 {

@@ -198,12 +198,12 @@ routes:
     );
     // Each of the first two requests: d refused, s too slow, b answers; then d and s are
     // both ejected. At most half of three targets may be skipped, so the one that failed
-    // longest ago, d, is tried anyway (and fails again); s is skipped.
+    // longest ago, d, comes back — after the healthy b; s is skipped.
     assert_eq!(sequence(&sc, "m", 2).await, repeat("b", 2));
     assert_eq!(slow.requests().await.len(), 2);
     let next = ask(&sc, "m", &[]).await;
     assert_eq!(next.model, "b");
-    assert_eq!(next.decision, "priority; chose d; skipped s (ejected)");
+    assert_eq!(next.decision, "priority; chose b; skipped s (ejected)");
     assert_eq!(slow.requests().await.len(), 2, "s is out");
     let m = sc.metrics().await;
     assert_eq!(

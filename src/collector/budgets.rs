@@ -312,7 +312,8 @@ pub async fn check_alerts(app: &App, policy: &PolicyBudgets) -> Result<Vec<Alert
         };
         let (spent, _) = spend.of(l.kind, &l.name);
         for mark in &l.alert_at {
-            if (spent as f64) < mark * l.pico as f64 {
+            // Nothing spent crosses no mark, even of a zero budget.
+            if spent <= 0 || (spent as f64) < mark * l.pico as f64 {
                 continue;
             }
             let alert = Alert {

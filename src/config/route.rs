@@ -43,6 +43,13 @@ pub(super) fn compile_outlier(
     if let Some(d) = &raw.max_ejection {
         s.max_ejection = super::positive_duration("outlier_detection.max_ejection", d)?;
     }
+    let day = std::time::Duration::from_secs(86_400);
+    if s.base_ejection > day || s.max_ejection > day {
+        return Err(ConfigError::new(
+            "outlier_detection",
+            "base_ejection and max_ejection are at most 24h",
+        ));
+    }
     if s.max_ejection < s.base_ejection {
         return Err(ConfigError::new(
             "outlier_detection.max_ejection",

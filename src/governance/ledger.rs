@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 /// How long an event may take from its request's end to the collector's figure (batch
 /// wait, spool, delivery), counted twice rather than missed.
 pub const SHIP_LAG: Duration = Duration::from_secs(10);
-/// Own settlements kept per second for this long, for when a figure arrives.
+/// Own settlements kept per second for at least this long, for when a figure arrives
+/// (and since the last figure, however long ago).
 const HISTORY: Duration = Duration::from_secs(600);
 
 #[derive(Default, Debug)]
@@ -94,11 +95,14 @@ impl Ledger {
             Some((t, a)) if now.duration_since(*t) < Duration::from_secs(1) => *a += cost,
             _ => self.recent.push_back((now, cost)),
         }
-        while self
-            .recent
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > HISTORY)
-        {
+        // Settlements the collector's last figure may not hold are kept however old, so
+        // the spend never goes down while the collector is out of reach.
+        let keep_from = self
+            .collector
+            .map(|(_, at)| at.checked_sub(SHIP_LAG).unwrap_or(at));
+        while self.recent.front().is_some_and(|(t, _)| {
+            now.duration_since(*t) > HISTORY && keep_from.is_none_or(|k| *t < k)
+        }) {
             self.recent.pop_front();
         }
         let spent = self.spent();

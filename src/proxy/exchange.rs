@@ -147,6 +147,8 @@ impl Switchyard {
             // Counted in flight on its target until this attempt's answer is relayed.
             let target = attempt.model.map(|m| policy.models[m].target(seen));
             let _busy = target.as_ref().map(|t| t.start());
+            // Taken here, where the attempt is surely sent and its outcome recorded.
+            let probe = target.as_ref().and_then(|t| t.take_probe(Instant::now()));
             ctx.pause();
             let sent = Instant::now();
             let result = self
@@ -165,7 +167,9 @@ impl Switchyard {
                     );
                 if !replay {
                     let outcome = health_outcome(&result, sent.elapsed());
-                    self.record_health(t, &attempt.model_label, outcome, penalty, &policy.outlier);
+                    let rules = &policy.outlier;
+                    let carried = probe.is_some();
+                    self.record_health(t, &attempt.model_label, outcome, penalty, rules, carried);
                 }
             }
             let outcome = match &result {
@@ -275,8 +279,9 @@ impl Switchyard {
         outcome: Outcome,
         penalty: Duration,
         rules: &crate::route::health::Settings,
+        probe: bool,
     ) {
-        match target.record(outcome, penalty, Instant::now(), rules) {
+        match target.record(outcome, penalty, Instant::now(), rules, probe) {
             Change::Ejected(d) => {
                 self.state
                     .metrics
@@ -374,7 +379,9 @@ fn health_outcome(
     match result {
         Ok((up, _)) => {
             let status = status_of(up);
-            if status == 429 || status >= 500 {
+            // 401 and 403 too: the proxy injects the credentials, so a provider refusing
+            // them is unusable, however fast it says so.
+            if matches!(status, 401 | 403 | 429) || status >= 500 {
                 let retry_after = up
                     .resp_header()
                     .and_then(|h| h.headers.get(http::header::RETRY_AFTER))

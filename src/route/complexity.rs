@@ -598,9 +598,10 @@ pub fn features(body: &[u8]) -> Option<Features> {
     let w = c.words.max(1) as f64;
     let b = c.bytes.max(1) as f64;
     let l = |x: usize| (x as f64).ln_1p();
+    // A limit that is not a positive number (the provider will refuse it) counts as none.
     let number = |v: Option<&RawValue>| {
         v.and_then(|v| v.get().parse::<f64>().ok())
-            .filter(|n| *n != 0.0)
+            .filter(|n| n.is_finite() && *n > 0.0)
     };
     let max_tokens = number(r.max_tokens)
         .or_else(|| number(r.max_completion_tokens))

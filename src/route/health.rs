@@ -189,16 +189,18 @@ impl Target {
         lock(&self.state).last_failure
     }
 
-    /// A plan chose this target while on probation: it carries the probe.
-    /// False if another request took the probe first.
-    pub fn take_probe(&self, now: Instant) -> bool {
+    /// An attempt about to be sent to this target carries the half-open probe if the
+    /// target is on probation and no other request has it. The probe is held until the
+    /// guard drops, so an attempt that never reports (its client gone) cannot keep the
+    /// target waiting forever.
+    pub fn take_probe(self: &Arc<Self>, now: Instant) -> Option<Probe> {
         let mut s = lock(&self.state);
         match s.ejected_until {
             Some(until) if until <= now && !s.probing => {
                 s.probing = true;
-                true
+                Some(Probe(self.clone()))
             }
-            _ => false,
+            _ => None,
         }
     }
 
@@ -212,13 +214,15 @@ impl Target {
     }
 
     /// Records an attempt's outcome; `penalty` is the response time a refusal counts as,
-    /// so a target answering 429 fast never looks fast.
+    /// so a target answering 429 fast never looks fast. `probe`: the attempt carried the
+    /// half-open probe (only its outcome readmits or re-ejects a target still ejected).
     pub fn record(
         &self,
         outcome: Outcome,
         penalty: Duration,
         now: Instant,
         rules: &Settings,
+        probe: bool,
     ) -> Change {
         let mut s = lock(&self.state);
         let (sample, failed) = match outcome {
@@ -236,10 +240,16 @@ impl Target {
         if s.recent.len() > WINDOW {
             s.recent.pop_front();
         }
-        let was_probe = std::mem::take(&mut s.probing);
+        if probe {
+            s.probing = false;
+        }
+        let ejected_now = s.ejected_until.is_some_and(|u| u > now);
         if !failed {
             s.consecutive = 0;
-            if s.ejected_until.take().is_some() {
+            // A request sent before the ejection that answers well now readmits nothing:
+            // only the probe, or any request once the ejection has run out.
+            if s.ejected_until.is_some() && (probe || !ejected_now) {
+                s.ejected_until = None;
                 s.ejections = 0;
                 s.recent.clear();
                 return Change::Readmitted;
@@ -253,11 +263,13 @@ impl Target {
             && s.recent.iter().filter(|f| **f).count() as f64
                 >= rules.failure_rate * s.recent.len() as f64;
         let run = rules.consecutive_failures > 0 && s.consecutive >= rules.consecutive_failures;
-        let ejected_now = s.ejected_until.is_some_and(|u| u > now);
-        if was_probe || (!ejected_now && (run || rate_exceeded)) {
-            s.ejections += 1;
-            let length = (rules.base_ejection * s.ejections).min(rules.max_ejection);
-            s.ejected_until = Some(now + length);
+        if probe || (!ejected_now && (run || rate_exceeded)) {
+            s.ejections = s.ejections.saturating_add(1);
+            let length = rules
+                .base_ejection
+                .saturating_mul(s.ejections)
+                .min(rules.max_ejection);
+            s.ejected_until = Some(now.checked_add(length).unwrap_or(now));
             s.recent.clear();
             return Change::Ejected(length);
         }
@@ -282,6 +294,15 @@ fn observe(s: &mut State, sample: Duration, now: Instant) {
 
 fn decay(elapsed: Duration) -> f64 {
     (-elapsed.as_secs_f64() / TAU.as_secs_f64()).exp()
+}
+
+/// The half-open probe, held by the attempt that carries it.
+pub struct Probe(Arc<Target>);
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        lock(&self.0.state).probing = false;
+    }
 }
 
 /// A request in flight on a target; counted until dropped.
@@ -313,41 +334,48 @@ mod tests {
 
     #[test]
     fn five_failures_in_a_row_eject_and_a_probe_readmits() {
-        let t = Target::default();
+        let t = Arc::new(Target::default());
         let now = Instant::now();
         for i in 0..4 {
             assert_eq!(
-                t.record(Outcome::Failed, PENALTY, now, &RULES),
+                t.record(Outcome::Failed, PENALTY, now, &RULES, false),
                 Change::None,
                 "{i}"
             );
         }
         assert_eq!(
-            t.record(Outcome::Failed, PENALTY, now, &RULES),
+            t.record(Outcome::Failed, PENALTY, now, &RULES, false),
             Change::Ejected(BASE_EJECTION)
         );
         assert_eq!(t.health(now), Health::Ejected(now + BASE_EJECTION));
+        // A request sent before the ejection that succeeds now does not readmit it.
+        let ok = Outcome::Success(Duration::from_millis(10));
+        assert_eq!(t.record(ok, PENALTY, now, &RULES, false), Change::None);
+        assert_eq!(t.health(now), Health::Ejected(now + BASE_EJECTION));
         let later = now + BASE_EJECTION;
         assert_eq!(t.health(later), Health::Probation);
-        assert!(t.take_probe(later));
-        assert!(!t.take_probe(later), "one probe at a time");
+        let probe = t.take_probe(later).unwrap();
+        assert!(t.take_probe(later).is_none(), "one probe at a time");
         assert_eq!(t.health(later), Health::Probing);
-        let ok = Outcome::Success(Duration::from_millis(10));
-        assert_eq!(t.record(ok, PENALTY, later, &RULES), Change::Readmitted);
+        assert_eq!(
+            t.record(ok, PENALTY, later, &RULES, true),
+            Change::Readmitted
+        );
+        drop(probe);
         assert_eq!(t.health(later), Health::Healthy);
     }
 
     #[test]
     fn a_failed_probe_ejects_again_for_longer() {
-        let t = Target::default();
+        let t = Arc::new(Target::default());
         let now = Instant::now();
         for _ in 0..5 {
-            t.record(Outcome::Failed, PENALTY, now, &RULES);
+            t.record(Outcome::Failed, PENALTY, now, &RULES, false);
         }
         let later = now + BASE_EJECTION;
-        assert!(t.take_probe(later));
+        let _probe = t.take_probe(later).unwrap();
         assert_eq!(
-            t.record(Outcome::Failed, PENALTY, later, &RULES),
+            t.record(Outcome::Failed, PENALTY, later, &RULES, true),
             Change::Ejected(BASE_EJECTION * 2)
         );
         assert_eq!(t.health(later), Health::Ejected(later + BASE_EJECTION * 2));
@@ -355,26 +383,38 @@ mod tests {
 
     #[test]
     fn a_failure_rate_ejects_without_a_run_of_failures() {
-        let t = Target::default();
+        let t = Arc::new(Target::default());
         let now = Instant::now();
         let ok = Outcome::Success(Duration::from_millis(10));
         let mut changes = Vec::new();
         for _ in 0..5 {
-            changes.push(t.record(ok, PENALTY, now, &RULES));
-            changes.push(t.record(Outcome::Failed, PENALTY, now, &RULES));
+            changes.push(t.record(ok, PENALTY, now, &RULES, false));
+            changes.push(t.record(Outcome::Failed, PENALTY, now, &RULES, false));
         }
         assert_eq!(changes.last(), Some(&Change::Ejected(BASE_EJECTION)));
         assert!(changes[..9].iter().all(|c| *c == Change::None));
     }
 
     #[test]
+    fn a_probe_that_never_reports_gives_the_probe_back() {
+        let t = Arc::new(Target::default());
+        let now = Instant::now();
+        for _ in 0..5 {
+            t.record(Outcome::Failed, PENALTY, now, &RULES, false);
+        }
+        let later = now + BASE_EJECTION;
+        drop(t.take_probe(later).unwrap());
+        assert_eq!(t.health(later), Health::Probation);
+    }
+
+    #[test]
     fn retry_after_is_honoured() {
-        let t = Target::default();
+        let t = Arc::new(Target::default());
         let now = Instant::now();
         let refused = Outcome::Refused {
             retry_after: Some(Duration::from_secs(7)),
         };
-        t.record(refused, PENALTY, now, &RULES);
+        t.record(refused, PENALTY, now, &RULES, false);
         assert_eq!(
             t.health(now),
             Health::RetryAfter(now + Duration::from_secs(7))
@@ -384,7 +424,7 @@ mod tests {
 
     #[test]
     fn peak_ewma_jumps_up_decays_down_and_counts_refusals_as_slow() {
-        let t = Target::default();
+        let t = Arc::new(Target::default());
         let now = Instant::now();
         assert_eq!(t.latency_us(now), None);
         t.record(
@@ -392,6 +432,7 @@ mod tests {
             PENALTY,
             now,
             &RULES,
+            false,
         );
         assert_eq!(t.latency_us(now), Some(100_000.0));
         // A slower sample is taken at once.
@@ -400,6 +441,7 @@ mod tests {
             PENALTY,
             now,
             &RULES,
+            false,
         );
         assert_eq!(t.latency_us(now), Some(400_000.0));
         // Left alone for one τ, it reads e⁻¹ of that.
@@ -415,6 +457,7 @@ mod tests {
             PENALTY,
             later,
             &RULES,
+            false,
         );
         assert_eq!(t.latency_us(later), Some(PENALTY.as_secs_f64() * 1e6));
     }

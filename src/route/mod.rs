@@ -282,11 +282,11 @@ fn plan_route(
             decision: None,
         });
     }
-    let choice = strategy::choose(policy, seen, route, input, None, true)?;
+    let choice = strategy::choose(policy, seen, route, input, None)?;
     let shadow = route.shadow.and_then(|j| {
         let r = &policy.routes[j];
-        // Dry: no probe is taken and nothing counted for a choice that is not acted on.
-        let c = strategy::choose(policy, seen, r, input, choice.score, false).ok()?;
+        // Nothing is counted for a choice that is not acted on.
+        let c = strategy::choose(policy, seen, r, input, choice.score).ok()?;
         Some(crate::events::Shadow {
             route: r.name.clone(),
             strategy: Arc::from(r.strategy.name()),

@@ -25,14 +25,13 @@ pub(super) struct Choice {
 }
 
 /// `known_score`: the request's complexity score if already computed (by the route whose
-/// shadow this is); `acting`: false for a shadow, which takes no probe.
+/// shadow this is).
 pub(super) fn choose(
     policy: &Policy,
     seen: &Observed,
     route: &Route,
     input: &RouteInput<'_>,
     known_score: Option<f64>,
-    acting: bool,
 ) -> Result<Choice, ProxyError> {
     let now = Instant::now();
     let floor = min_quality(route, input.headers)?;
@@ -74,9 +73,11 @@ pub(super) fn choose(
         .filter(|i| !health[*i].is_available())
         .collect();
     let most_out = candidates.len() * policy.outlier.max_ejected_percent as usize / 100;
+    // Those tried anyway come after every healthy target, whatever the strategy says.
+    let mut forced = Vec::new();
     if out.len() > most_out {
         out.sort_by_key(|i| targets[*i].last_failure());
-        out.drain(..out.len() - most_out);
+        forced = out.drain(..out.len() - most_out).collect();
     }
     let available: Vec<usize> = (0..candidates.len()).filter(|i| !out.contains(i)).collect();
     for i in &out {
@@ -121,8 +122,16 @@ pub(super) fn choose(
             let s = known_score
                 .or(input.score)
                 .unwrap_or_else(|| complexity::score(input.body));
+            let s = if s.is_finite() {
+                s.clamp(0.0, 1.0)
+            } else {
+                0.5
+            };
             score = Some(s);
-            let tier = tiers.iter().position(|(_, up_to)| s <= *up_to).unwrap_or(0);
+            let tier = tiers
+                .iter()
+                .position(|(_, up_to)| s <= *up_to)
+                .unwrap_or(tiers.len() - 1);
             let pos = |m: usize| candidates.iter().position(|c| *c == m);
             let mut order: Vec<usize> = Vec::new();
             // The scored tier, then harder ones, then easier ones as a last resort.
@@ -180,9 +189,21 @@ pub(super) fn choose(
             order
         }
         Strategy::Fastest { .. } => {
+            // An unmeasured target is tried while idle; once busy, it counts as slow as
+            // the slowest measured one, so a queue does not build on it unseen.
+            let slowest = available
+                .iter()
+                .filter_map(|i| targets[*i].latency_us(now))
+                .fold(0.0, f64::max);
             let load = |i: usize| {
                 let t = &targets[i];
-                t.latency_us(now).unwrap_or(0.0) * f64::from(t.in_flight() + 1)
+                let in_flight = t.in_flight();
+                let latency = match t.latency_us(now) {
+                    Some(us) => us,
+                    None if in_flight == 0 => 0.0,
+                    None => slowest.max(1.0),
+                };
+                latency * f64::from(in_flight + 1)
             };
             let order = two_choices(&available, load);
             describe_loads(&mut why, &order, |i| {
@@ -213,12 +234,13 @@ pub(super) fn choose(
         Strategy::Passthrough { .. } => Vec::new(),
     };
 
-    if let Some(first) = ordered.first().filter(|_| acting) {
-        if health[*first] == Health::Probation {
-            targets[*first].take_probe(now);
-        }
-    }
-    let mut order: Vec<usize> = ordered.iter().map(|i| candidates[*i]).collect();
+    let (healthy, forced): (Vec<usize>, Vec<usize>) =
+        ordered.iter().partition(|i| !forced.contains(i));
+    let mut order: Vec<usize> = healthy
+        .iter()
+        .chain(&forced)
+        .map(|i| candidates[*i])
+        .collect();
     for &f in &route.fallbacks {
         if !meets(f) {
             skipped.push((f, "below min_quality"));
@@ -376,6 +398,7 @@ routes:
                 Duration::from_secs(1),
                 Instant::now(),
                 &p.outlier,
+                false,
             );
         }
     }
@@ -428,7 +451,7 @@ routes:
         // Two of three out: one (the one that failed longest ago) is tried anyway, last.
         std::thread::sleep(Duration::from_millis(5));
         eject(&p, &seen, "middle");
-        assert_eq!(order(&p, &seen, "prio", &h), ["cheap", "dear"]);
+        assert_eq!(order(&p, &seen, "prio", &h), ["dear", "cheap"]);
         let input = RouteInput {
             model: "prio",
             host: None,
@@ -441,7 +464,7 @@ routes:
             score: None,
         };
         let explain = plan(&p, &seen, &input).unwrap().explain.unwrap();
-        assert_eq!(&*explain, "priority; chose cheap; skipped middle (ejected)");
+        assert_eq!(&*explain, "priority; chose dear; skipped middle (ejected)");
     }
 
     #[test]
@@ -456,6 +479,7 @@ routes:
             Duration::ZERO,
             now,
             &p.outlier,
+            false,
         );
         // `middle` is unmeasured: tried first.
         assert_eq!(order(&p, &seen, "fast", &h)[0], "middle");
@@ -464,6 +488,7 @@ routes:
             Duration::ZERO,
             now,
             &p.outlier,
+            false,
         );
         for _ in 0..20 {
             assert_eq!(order(&p, &seen, "fast", &h)[0], "middle");
@@ -474,6 +499,7 @@ routes:
             Duration::from_secs(30),
             now,
             &p.outlier,
+            false,
         );
         assert_eq!(order(&p, &seen, "fast", &h), ["cheap", "middle"]);
     }

@@ -149,7 +149,7 @@ pub async fn report_reservations(
 }
 
 /// `GET /v1/alerts?from=`: budget alerts recorded since `from` (default the last 30 days),
-/// oldest first; a team reader's own team's only.
+/// newest first, at most 1000; a team reader's own team's only.
 pub async fn alerts(State(app): AppState, headers: HeaderMap, Query(p): Params) -> Response {
     let role = match reader(&app, &headers) {
         Ok(r) => r,

@@ -158,7 +158,7 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Alerts recorded since `from_ms`, oldest first; only `team`'s when given.
+    /// Alerts recorded since `from_ms`, newest first; only `team`'s when given.
     pub async fn alerts(
         &self,
         from_ms: i64,
@@ -175,7 +175,11 @@ impl Store {
         if team.is_some() {
             sql += &format!(" AND team = {}", ph());
         }
-        sql += &format!(" ORDER BY ts_ms, level, name, mark_ppm LIMIT {}", ph());
+        // Newest first: a long history must not hide the latest alerts.
+        sql += &format!(
+            " ORDER BY ts_ms DESC, level, name, mark_ppm DESC LIMIT {}",
+            ph()
+        );
         macro_rules! run {
             ($pool:expr) => {{
                 let mut q = sqlx::query(&sql).bind(from_ms);
