@@ -88,9 +88,19 @@ impl Ledger {
     /// A request ended: its reservation becomes its real cost. Returns the alert marks
     /// (fractions of `limit`) this spend crossed.
     pub fn settle(&mut self, reserved: Atto, cost: Atto, limit: Atto, marks: &[f64]) -> Vec<f64> {
+        self.settle_at(reserved, cost, limit, marks, Instant::now())
+    }
+
+    fn settle_at(
+        &mut self,
+        reserved: Atto,
+        cost: Atto,
+        limit: Atto,
+        marks: &[f64],
+        now: Instant,
+    ) -> Vec<f64> {
         self.release(reserved);
         self.own += cost;
-        let now = Instant::now();
         match self.recent.back_mut() {
             Some((t, a)) if now.duration_since(*t) < Duration::from_secs(1) => *a += cost,
             _ => self.recent.push_back((now, cost)),
@@ -165,5 +175,20 @@ mod tests {
         // A figure for another period starts that period.
         l.seed(day + chrono::Duration::days(1), 7, Instant::now());
         assert_eq!(l.spent(), 7);
+    }
+
+    #[test]
+    fn own_spend_since_the_last_figure_is_kept_however_long_the_collector_is_away() {
+        let day = Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).unwrap();
+        let mut l = Ledger::default();
+        l.roll(day);
+        let read = Instant::now();
+        l.seed(day, 100, read);
+        // Settled 20 s after the read, then nothing from the collector for 20 minutes:
+        // that settlement must still count, though older than HISTORY.
+        l.settle_at(0, 7, 1000, &[], read + Duration::from_secs(20));
+        l.settle_at(0, 1, 1000, &[], read + HISTORY * 2);
+        assert_eq!(l.recent.len(), 2);
+        assert_eq!(l.spent(), 108);
     }
 }

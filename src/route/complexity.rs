@@ -676,5 +676,8 @@ mod tests {
         assert!(score(easy) < 0.2, "{}", score(easy));
         assert!(score(hard) > score(easy) + 0.3, "{}", score(hard));
         assert_eq!(score(b"[1,2]"), 0.5);
+        // A limit the provider would refuse is no limit, not a NaN.
+        let odd = br#"{"max_tokens":-1,"messages":[{"role":"user","content":"hi"}]}"#;
+        assert!(score(odd).is_finite());
     }
 }
