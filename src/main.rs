@@ -39,16 +39,8 @@ enum Command {
     },
     /// Print usage from a collector, grouped as asked.
     Usage {
-        /// The collector's base URL.
-        #[arg(
-            long,
-            env = "SWITCHYARD_COLLECTOR",
-            default_value = "http://127.0.0.1:7070"
-        )]
-        collector: String,
-        /// A reader token.
-        #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
-        token: String,
+        #[command(flatten)]
+        reader: Reader,
         /// Any of team, model, provider, route, service, key, day, hour.
         #[arg(long, default_value = "team,model")]
         group_by: String,
@@ -67,16 +59,8 @@ enum Command {
     /// Route the recorded traffic again under a new policy: requests moved between
     /// models, cost before and after at its prices, expected latency.
     Whatif {
-        /// The collector's base URL.
-        #[arg(
-            long,
-            env = "SWITCHYARD_COLLECTOR",
-            default_value = "http://127.0.0.1:7070"
-        )]
-        collector: String,
-        /// A reader token (a team token sees its team's traffic only).
-        #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
-        token: String,
+        #[command(flatten)]
+        reader: Reader,
         /// Start: a span back from now (7d, 24h) or a time (RFC 3339, YYYY-MM-DD).
         #[arg(long, default_value = "7d")]
         since: String,
@@ -108,6 +92,21 @@ enum Command {
         #[command(flatten)]
         knobs: switchyard::mock::Knobs,
     },
+}
+
+/// A collector and a reader token (a team token sees its team's rows only).
+#[derive(clap::Args)]
+struct Reader {
+    /// The collector's base URL.
+    #[arg(
+        long,
+        env = "SWITCHYARD_COLLECTOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    collector: String,
+    /// A reader token.
+    #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
+    token: String,
 }
 
 #[derive(Subcommand)]
@@ -183,8 +182,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Usage {
-            collector,
-            token,
+            reader: Reader { collector, token },
             group_by,
             since,
             until,
@@ -214,8 +212,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Whatif {
-            collector,
-            token,
+            reader: Reader { collector, token },
             since,
             config,
         } => {

@@ -30,6 +30,21 @@ models:
     )
 }
 
+/// Two mocks (started with their own arguments) as `a` and `b`, behind a sidecar on `rest`.
+fn setup(a_args: &[&str], b_args: &[&str], rest: &str) -> (tempfile::TempDir, Mock, Mock, Sidecar) {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        Mock::start(dir.path(), a_args),
+        Mock::start(dir.path(), b_args),
+    );
+    let sc = start_proxy(dir.path(), &two(&a, &b, rest));
+    (dir, a, b, sc)
+}
+
+/// A priority route over a then b.
+const PRIORITY: &str =
+    "routes:\n  - { name: r, match: { model: m }, strategy: priority, targets: [a, b] }\n";
+
 struct Answer {
     status: u16,
     model: String,
@@ -75,15 +90,10 @@ fn repeat(model: &str, n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_5xx_burst_ejects_a_target_and_a_probe_readmits_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (Mock::start(dir.path(), &[]), Mock::start(dir.path(), &[]));
-    let sc = start_proxy(
-        dir.path(),
-        &two(
-            &a,
-            &b,
-            "outlier_detection: { base_ejection: 1s }\nroutes:\n  - { name: r, match: { model: m }, strategy: priority, targets: [a, b] }\n",
-        ),
+    let (_dir, a, _b, sc) = setup(
+        &[],
+        &[],
+        &format!("outlier_detection: {{ base_ejection: 1s }}\n{PRIORITY}"),
     );
     a.set(json!({"status": 500})).await;
     // Five failures in a row, each retried on b; then a is out and b answers alone.
@@ -113,15 +123,10 @@ async fn a_5xx_burst_ejects_a_target_and_a_probe_readmits_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_probe_ejects_again_for_longer() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (Mock::start(dir.path(), &[]), Mock::start(dir.path(), &[]));
-    let sc = start_proxy(
-        dir.path(),
-        &two(
-            &a,
-            &b,
-            "outlier_detection: { base_ejection: 1s }\nroutes:\n  - { name: r, match: { model: m }, strategy: priority, targets: [a, b] }\n",
-        ),
+    let (_dir, a, _b, sc) = setup(
+        &[],
+        &[],
+        &format!("outlier_detection: {{ base_ejection: 1s }}\n{PRIORITY}"),
     );
     a.set(json!({"status": 503})).await;
     assert_eq!(sequence(&sc, "m", 5).await, repeat("b", 5));
@@ -145,16 +150,7 @@ async fn a_failed_probe_ejects_again_for_longer() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_429_with_retry_after_is_skipped_until_then() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (Mock::start(dir.path(), &[]), Mock::start(dir.path(), &[]));
-    let sc = start_proxy(
-        dir.path(),
-        &two(
-            &a,
-            &b,
-            "routes:\n  - { name: r, match: { model: m }, strategy: priority, targets: [a, b] }\n",
-        ),
-    );
+    let (_dir, a, _b, sc) = setup(&[], &[], PRIORITY);
     a.set(json!({"status": 429, "retry_after": 2})).await;
     assert_eq!(sequence(&sc, "m", 1).await, repeat("b", 1));
     a.set(json!({})).await;
@@ -218,17 +214,9 @@ routes:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_retry_budget_stops_a_retry_storm() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (Mock::start(dir.path(), &[]), Mock::start(dir.path(), &[]));
     // Ejection off, so only the budget limits retries.
-    let sc = start_proxy(
-        dir.path(),
-        &two(
-            &a,
-            &b,
-            "outlier_detection: { consecutive_failures: 0, failure_rate: 0 }\nroutes:\n  - { name: r, match: { model: m }, strategy: priority, targets: [a, b] }\n",
-        ),
-    );
+    let off = "outlier_detection: { consecutive_failures: 0, failure_rate: 0 }\n";
+    let (_dir, a, b, sc) = setup(&[], &[], &format!("{off}{PRIORITY}"));
     a.set(json!({"status": 500})).await;
     b.set(json!({"status": 500})).await;
     let start = Instant::now();
@@ -252,16 +240,10 @@ async fn the_retry_budget_stops_a_retry_storm() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fastest_converges_on_the_faster_and_moves_away_when_it_slows() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Mock::start(dir.path(), &["--latency-ms", "150"]);
-    let b = Mock::start(dir.path(), &["--latency-ms", "10"]);
-    let sc = start_proxy(
-        dir.path(),
-        &two(
-            &a,
-            &b,
-            "routes:\n  - { name: r, match: { model: m }, strategy: fastest, targets: [a, b] }\n",
-        ),
+    let (_dir, _a, b, sc) = setup(
+        &["--latency-ms", "150"],
+        &["--latency-ms", "10"],
+        "routes:\n  - { name: r, match: { model: m }, strategy: fastest, targets: [a, b] }\n",
     );
     // Each is tried once while unmeasured; from then on b, the faster.
     let first = sequence(&sc, "m", 20).await;
@@ -278,16 +260,7 @@ async fn fastest_converges_on_the_faster_and_moves_away_when_it_slows() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cheapest_picks_by_price_and_respects_min_quality() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (Mock::start(dir.path(), &[]), Mock::start(dir.path(), &[]));
-    let sc = start_proxy(
-        dir.path(),
-        &two(
-            &a,
-            &b,
-            "routes:\n  - { name: r, match: { model: m }, strategy: cheapest, targets: [b, a] }\n  - { name: good, match: { model: good }, strategy: cheapest, targets: [b, a], min_quality: 80 }\n",
-        ),
-    );
+    let (_dir, _a, _b, sc) = setup(&[], &[], "routes:\n  - { name: r, match: { model: m }, strategy: cheapest, targets: [b, a] }\n  - { name: good, match: { model: good }, strategy: cheapest, targets: [b, a], min_quality: 80 }\n");
     let cheap = ask(&sc, "m", &[]).await;
     assert_eq!(cheap.model, "a");
     assert!(
@@ -312,12 +285,10 @@ async fn cheapest_picks_by_price_and_respects_min_quality() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn least_busy_balances_requests_in_flight() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = Mock::start(dir.path(), &["--latency-ms", "300"]);
-    let b = Mock::start(dir.path(), &["--latency-ms", "300"]);
-    let sc = start_proxy(
-        dir.path(),
-        &two(&a, &b, "routes:\n  - { name: r, match: { model: m }, strategy: least-busy, targets: [a, b] }\n"),
+    let (_dir, a, b, sc) = setup(
+        &["--latency-ms", "300"],
+        &["--latency-ms", "300"],
+        "routes:\n  - { name: r, match: { model: m }, strategy: least-busy, targets: [a, b] }\n",
     );
     // Twenty at once, 20 ms apart so each sees the others in flight.
     let mut tasks = Vec::new();

@@ -371,8 +371,9 @@ routes:
         crate::config::from_str(POLICY, &ProcessEnv, 1).unwrap()
     }
 
-    fn order(p: &Policy, seen: &Observed, model: &str, headers: &HeaderMap) -> Vec<String> {
-        let input = RouteInput {
+    /// A short chat request for `model`.
+    fn input<'a>(model: &'a str, headers: &'a HeaderMap) -> RouteInput<'a> {
+        RouteInput {
             model,
             host: None,
             host_provider: None,
@@ -382,8 +383,11 @@ routes:
             max_tokens: Some(100),
             input_tokens: None,
             score: None,
-        };
-        let plan = plan(p, seen, &input).unwrap();
+        }
+    }
+
+    fn order(p: &Policy, seen: &Observed, model: &str, headers: &HeaderMap) -> Vec<String> {
+        let plan = plan(p, seen, &input(model, headers)).unwrap();
         plan.attempts
             .iter()
             .map(|a| a.model_label.to_string())
@@ -426,18 +430,7 @@ routes:
         h.insert(MIN_QUALITY_HEADER, "10".parse().unwrap());
         assert_eq!(order(&p, &seen, "good", &h), ["middle", "dear"]);
         h.insert(MIN_QUALITY_HEADER, "95".parse().unwrap());
-        let input = RouteInput {
-            model: "good",
-            host: None,
-            host_provider: None,
-            path: "/v1/chat/completions",
-            headers: &h,
-            body: b"{}",
-            max_tokens: None,
-            input_tokens: None,
-            score: None,
-        };
-        let e = plan(&p, &seen, &input).unwrap_err();
+        let e = plan(&p, &seen, &input("good", &h)).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidRequest);
     }
 
@@ -452,18 +445,10 @@ routes:
         std::thread::sleep(Duration::from_millis(5));
         eject(&p, &seen, "middle");
         assert_eq!(order(&p, &seen, "prio", &h), ["dear", "cheap"]);
-        let input = RouteInput {
-            model: "prio",
-            host: None,
-            host_provider: None,
-            path: "/v1/chat/completions",
-            headers: &h,
-            body: b"{}",
-            max_tokens: None,
-            input_tokens: None,
-            score: None,
-        };
-        let explain = plan(&p, &seen, &input).unwrap().explain.unwrap();
+        let explain = plan(&p, &seen, &input("prio", &h))
+            .unwrap()
+            .explain
+            .unwrap();
         assert_eq!(&*explain, "priority; chose dear; skipped middle (ejected)");
     }
 
