@@ -142,6 +142,9 @@ pub struct Route {
     pub name: Arc<str>,
     pub matcher: Matcher,
     pub strategy: Strategy,
+    /// The strategy's targets, each once, in the policy's order (`Strategy::targets`,
+    /// made once here rather than per request).
+    pub targets: Vec<usize>,
     /// Catalog model indices tried after the strategy's own choice, in order.
     pub fallbacks: Vec<usize>,
     /// Targets rated below this (`quality:`) are not chosen; a request may raise it with

@@ -336,7 +336,7 @@ pub async fn check_alerts(app: &App, policy: &PolicyBudgets) -> Result<Vec<Alert
 
 /// A status as `/v1/budgets` shows it.
 pub fn to_json(s: &LevelStatus) -> serde_json::Value {
-    let usd = |p: i64| serde_json::to_value(query::usd(p.max(0))).unwrap_or_default();
+    let usd = query::usd_json;
     let mut v = serde_json::json!({
         "level": s.level.kind.as_str(),
         "name": s.level.name,

@@ -172,6 +172,11 @@ fn key_text(d: Dim, v: &KeyValue) -> String {
 }
 
 /// Pico-dollars as an exact USD decimal.
+/// Pico-dollars as the API writes USD (an exact decimal number; never below 0).
+pub fn usd_json(pico: i64) -> serde_json::Value {
+    serde_json::to_value(usd(pico.max(0))).unwrap_or_default()
+}
+
 pub fn usd(pico: i64) -> Usd {
     Usd(u128::try_from(pico).unwrap_or(0) * 1_000_000)
 }

@@ -315,9 +315,16 @@ pub(super) fn compile_route(
         }
     }
 
+    let mut targets = Vec::new();
+    for m in strategy.targets() {
+        if !targets.contains(&m) {
+            targets.push(m);
+        }
+    }
     Ok(Route {
         name: Arc::from(rr.name.as_str()),
         matcher,
+        targets,
         strategy,
         fallbacks,
         min_quality,

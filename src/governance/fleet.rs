@@ -375,14 +375,7 @@ impl Fleet {
                 .arg(u8::from(l.counts_tokens))
                 .arg(l.cost.unwrap_or(-1));
         }
-        let reply: Vec<i64> = tokio::time::timeout(TIMEOUT, call.invoke_async(&mut con))
-            .await
-            .map_err(|_| "Redis did not answer in time".to_string())?
-            .map_err(|e| format!("Redis: {e}"))?;
-        Ok(reply
-            .chunks(2)
-            .map(|c| (c[0], c.get(1).copied().unwrap_or(0)))
-            .collect())
+        pairs(call, &mut con, TIMEOUT).await
     }
 
     /// `(spent, live reservations)` in nano-dollars for each `(level, period start)`,
@@ -397,14 +390,22 @@ impl Fleet {
             let k = Keys::new(level, *period);
             call.key(k.budget).key(k.reservations).key(k.amounts);
         }
-        let reply: Vec<i64> =
-            tokio::time::timeout(Duration::from_secs(2), call.invoke_async(&mut con))
-                .await
-                .map_err(|_| "Redis did not answer in time".to_string())?
-                .map_err(|e| format!("Redis: {e}"))?;
-        Ok(reply
-            .chunks(2)
-            .map(|c| (c[0], c.get(1).copied().unwrap_or(0)))
-            .collect())
+        pairs(call, &mut con, Duration::from_secs(2)).await
     }
+}
+
+/// Runs a script whose reply is a flat list of integers, read as `(a, b)` pairs.
+async fn pairs(
+    call: redis::ScriptInvocation<'_>,
+    con: &mut ConnectionManager,
+    limit: Duration,
+) -> Result<Vec<(i64, i64)>, String> {
+    let reply: Vec<i64> = tokio::time::timeout(limit, call.invoke_async(con))
+        .await
+        .map_err(|_| "Redis did not answer in time".to_string())?
+        .map_err(|e| format!("Redis: {e}"))?;
+    Ok(reply
+        .chunks(2)
+        .map(|c| (c[0], c.get(1).copied().unwrap_or(0)))
+        .collect())
 }

@@ -537,6 +537,15 @@ impl Drop for Ticket {
     }
 }
 
+impl Rules {
+    /// Every level: the org, each team, each key.
+    pub fn levels(&self) -> impl Iterator<Item = &Level> {
+        std::iter::once(&self.org)
+            .chain(self.teams.values())
+            .chain(self.keys.iter().map(|k| &k.level))
+    }
+}
+
 /// The levels a caller's request passes, top down.
 fn levels_of<'r>(rules: &'r Rules, caller: &Caller) -> Vec<&'r Level> {
     let mut out = Vec::with_capacity(3);

@@ -42,10 +42,7 @@ fn atto(pico: i64) -> Atto {
 /// The periods the policy's budgets use.
 pub fn periods(rules: &Rules) -> Vec<Per> {
     let mut out = Vec::new();
-    let all = std::iter::once(&rules.org)
-        .chain(rules.teams.values())
-        .chain(rules.keys.iter().map(|k| &k.level));
-    for l in all {
+    for l in rules.levels() {
         if let Some(b) = &l.budget {
             if !out.contains(&b.per) {
                 out.push(b.per);
@@ -127,11 +124,8 @@ impl Governor {
     /// What requests in flight hold reserved, per level with a budget (in process; with
     /// Redis the holds are there). Levels holding nothing are left out.
     pub fn held(&self, rules: &Rules) -> Vec<Held> {
-        let all = std::iter::once(&rules.org)
-            .chain(rules.teams.values())
-            .chain(rules.keys.iter().map(|k| &k.level));
         let mut out = Vec::new();
-        for level in all.filter(|l| l.budget.is_some()) {
+        for level in rules.levels().filter(|l| l.budget.is_some()) {
             let state = self.state(level);
             let c = lock(&state.inner);
             let (Some(start), true) = (c.ledger.period(), c.ledger.reserved > 0) else {
@@ -155,10 +149,7 @@ impl Governor {
             return; // read across a period's end: the next refresh has the new one
         }
         let at = Instant::now();
-        let all = std::iter::once(&rules.org)
-            .chain(rules.teams.values())
-            .chain(rules.keys.iter().map(|k| &k.level));
-        for level in all {
+        for level in rules.levels() {
             if level.budget.as_ref().is_none_or(|b| b.per != spend.per) {
                 continue;
             }

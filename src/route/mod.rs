@@ -144,10 +144,10 @@ impl Route {
     /// for each of the route's targets.
     fn decision(&self, policy: &Policy, seen: &Observed, model: usize) -> Option<IntCounter> {
         let counters = self.decisions.get_or_init(|| {
-            let mut targets = self.strategy.targets();
-            targets.extend(&self.fallbacks);
-            targets
-                .into_iter()
+            self.targets
+                .iter()
+                .chain(&self.fallbacks)
+                .copied()
                 .filter_map(|m| {
                     let alias = &policy.models.get(m)?.alias;
                     Some((

@@ -38,12 +38,8 @@ pub(super) fn choose(
     let meets = |m: usize| floor.is_none_or(|f| policy.models[m].quality.is_some_and(|q| q >= f));
     let mut skipped: Vec<(usize, &'static str)> = Vec::new();
 
-    let listed = route.strategy.targets();
-    let mut candidates = Vec::with_capacity(listed.len());
-    for m in listed {
-        if candidates.contains(&m) {
-            continue;
-        }
+    let mut candidates = Vec::with_capacity(route.targets.len());
+    for &m in &route.targets {
         if meets(m) {
             candidates.push(m);
         } else {

@@ -167,7 +167,7 @@ pub async fn alerts(State(app): AppState, headers: HeaderMap, Query(p): Params) 
         .await
     {
         Ok(rows) => {
-            let usd = |p: i64| serde_json::to_value(query::usd(p.max(0))).unwrap_or_default();
+            let usd = query::usd_json;
             let rows: Vec<_> = rows
                 .iter()
                 .map(|a| {
