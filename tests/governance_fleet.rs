@@ -208,6 +208,46 @@ async fn rpm_across_two_sidecars_admits_exactly_the_limit() {
     assert_eq!(got, counts(&[("200", 60), ("429 rate_limited", 40)]));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn tpm_across_two_sidecars_settles_to_real_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(dir.path(), &["--chunks", "10"]);
+    let team = unique("research");
+    let body = policy(
+        &mock,
+        MACHINE_REDIS,
+        &format!("identity: {{ team: {team} }}\nteams:\n  {team}: {{ limits: {{ tpm: 1000 }} }}\n"),
+    );
+    let (a, b) = two_sidecars(dir.path(), &body);
+    // ~3,000 bytes (~780 tokens estimated), 10 tokens counted by the provider.
+    let padded = json!({"model": "small", "max_tokens": 10, "user": "x".repeat(3000),
+                        "messages": [{"role": "user", "content": "Say hello."}]});
+    let send = |sc: &Sidecar| {
+        client()
+            .post(format!("{}/v1/chat/completions", sc.url()))
+            .json(&padded)
+            .send()
+    };
+    // One after another, alternating sidecars: each settles (in the background) to 10.
+    for i in 0..10 {
+        let sc = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(send(sc).await.unwrap().status(), 200, "request {i}");
+        sc.wait_idle().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Four at once over both, held 500 ms upstream so none settles while the others ask:
+    // 100 settled + one estimate fit in 1,000, a second does not.
+    mock.set(json!({"chunks": 10, "latency_ms": 500})).await;
+    let all =
+        futures_util::future::join_all((0..4).map(|i| send(if i % 2 == 0 { &a } else { &b })))
+            .await;
+    let ok = all
+        .iter()
+        .filter(|r| r.as_ref().unwrap().status() == 200)
+        .count();
+    assert_eq!(ok, 1);
+}
+
 /// A private `redis-server` on a free port, stopped when dropped.
 struct OwnRedis {
     child: Option<Child>,
