@@ -3,9 +3,12 @@
 # shipped or not — the kernel's share included, which callgrind does not count.
 #
 #   benches/cpu.sh [binary]            # off, then on, three rounds each
+#   CONNS=1 COMPRESSION=gzip benches/cpu.sh [binary]   # one connection (the proxy not
+#     saturated), batches gzip instead of zstd (or none)
 #
 # Proxy natively on loopback ports 9290-9293, the mock upstream, and with shipping a
-# collector on SQLite; wrk drives 2 KB chat completions at 8 connections for 10 s a round.
+# collector on SQLite; wrk drives 2 KB chat completions at $CONNS (8) connections for 10 s
+# a round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${1:-${CARGO_TARGET_DIR:-$PWD/target}/release/switchyard}"
@@ -39,7 +42,7 @@ routes:
 Y
   if [ "$1" = on ]; then
     rm -rf "$OUT/spool"
-    printf 'telemetry: { collector: "http://127.0.0.1:9293", token: bench-ingest, spool_dir: "%s/spool" }\n' "$OUT" >> "$OUT/policy.yaml"
+    printf 'telemetry: { collector: "http://127.0.0.1:9293", token: bench-ingest, spool_dir: "%s/spool", compression: %s }\n' "$OUT" "${COMPRESSION:-zstd}" >> "$OUT/policy.yaml"
   fi
   "$bin" proxy --config "$OUT/policy.yaml" >"$OUT/proxy-$1.log" 2>&1 &
   local proxy=$!
@@ -47,7 +50,7 @@ Y
   local url=http://127.0.0.1:9291/v1/chat/completions
   wrk -t1 -c8 -d2s -s "$OUT/request.lua" "$url" >/dev/null
   local before; before=$(cpu_ticks "$proxy")
-  local n; n=$(wrk -t1 -c8 -d10s -s "$OUT/request.lua" "$url" | awk '/requests in/ {print $1}')
+  local n; n=$(wrk -t1 -c"${CONNS:-8}" -d10s -s "$OUT/request.lua" "$url" | awk '/requests in/ {print $1}')
   sleep 1.5   # the shipper's last batch belongs to these requests
   local after; after=$(cpu_ticks "$proxy")
   local hz; hz=$(getconf CLK_TCK)

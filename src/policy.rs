@@ -308,7 +308,7 @@ impl Policy {
                     "usage events: to {} (token {}, {}), spool {} up to {} bytes, batches of {} or every {:?}",
                     t.collector,
                     if t.token.is_some() { "set" } else { "none" },
-                    if t.gzip { "gzip" } else { "uncompressed" },
+                    t.compression.name(),
                     t.spool_dir.display(),
                     t.spool_max_bytes,
                     t.max_events,

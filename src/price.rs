@@ -88,22 +88,24 @@ pub fn usd_decimal(atto: Atto) -> String {
 /// `usd_decimal`, appended to `out`.
 pub fn write_usd(atto: Atto, out: &mut Vec<u8>) {
     // Every usage event prints one: digits by hand, no formatting machinery.
-    let whole = atto / ATTO_PER_USD;
-    let frac = (atto % ATTO_PER_USD) as u64;
+    // Under 18.4 USD (every single request) in u64 arithmetic: u128 division is a call.
+    let (whole, frac) = match u64::try_from(atto) {
+        Ok(a) => (u128::from(a / ATTO_PER_USD as u64), a % ATTO_PER_USD as u64),
+        Err(_) => (atto / ATTO_PER_USD, (atto % ATTO_PER_USD) as u64),
+    };
     match u64::try_from(whole) {
         Ok(w) => out.extend_from_slice(itoa::Buffer::new().format(w).as_bytes()),
         Err(_) => out.extend_from_slice(itoa::Buffer::new().format(whole).as_bytes()),
     }
     if frac != 0 {
-        let mut digits = [b'0'; 18];
-        let mut f = frac;
-        for d in digits.iter_mut().rev() {
-            *d = b'0' + (f % 10) as u8;
-            f /= 10;
-        }
-        let end = digits.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1);
+        // The fraction's 18 digits: itoa's, behind the zeros they lack, without the
+        // zeros they end with.
+        let mut itoa = itoa::Buffer::new();
+        let text = itoa.format(frac).as_bytes();
+        let significant = text.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1);
         out.push(b'.');
-        out.extend_from_slice(&digits[..end]);
+        out.extend_from_slice(&b"000000000000000000"[..18 - text.len()]);
+        out.extend_from_slice(&text[..significant]);
     }
 }
 
@@ -280,6 +282,17 @@ mod tests {
         assert_eq!(pico_per_mtok(f64::NAN), None);
         assert_eq!(pico_per_mtok(1e30), None);
         assert_eq!(usd_decimal(0), "0");
+        // Both sides of the u64 fast path.
+        assert_eq!(usd_decimal(u128::from(u64::MAX)), "18.446744073709551615");
+        assert_eq!(
+            usd_decimal(u128::from(u64::MAX) + 1),
+            "18.446744073709551616"
+        );
+        assert_eq!(usd_decimal(3 * ATTO_PER_USD), "3");
+        assert_eq!(
+            usd_decimal(u128::MAX),
+            "340282366920938463463.374607431768211455"
+        );
         assert_eq!(usd_f64(1_500_000_000_000_000_000), 1.5);
     }
 

@@ -431,12 +431,13 @@ async fn sidecar_killed_mid_traffic_replays_its_spool() {
     let db = format!("sqlite://{}", dir.path().join("usage.db").display());
     let mut collector = Collector::start(dir.path(), &db);
     let spool = dir.path().join("spool");
+    // (gzip here: zstd, the default, goes through every other sidecar test.)
     let mut sidecar = start_proxy(
         dir.path(),
         &policy(
             &mock,
             "research",
-            &telemetry_yaml(collector.port, &spool, ""),
+            &telemetry_yaml(collector.port, &spool, "  compression: gzip\n"),
         ),
     );
     // Part delivered, part still in the spool: the collector goes away first.
@@ -483,10 +484,19 @@ fn gzip(text: &str) -> Vec<u8> {
 }
 
 async fn post_batch(c: &Collector, token: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+    post_encoded(c, token, "gzip", body).await
+}
+
+async fn post_encoded(
+    c: &Collector,
+    token: &str,
+    coding: &str,
+    body: Vec<u8>,
+) -> (u16, serde_json::Value) {
     let r = reqwest::Client::new()
         .post(format!("{}/v1/events", c.url()))
         .bearer_auth(token)
-        .header("content-encoding", "gzip")
+        .header("content-encoding", coding)
         .body(body)
         .send()
         .await
@@ -504,7 +514,8 @@ async fn the_same_batch_twice_is_stored_once() {
     let mut lines: Vec<String> = (0..40).map(|i| event_line("research", 10 + i, 5)).collect();
     lines.insert(7, "{\"v\":1,\"id\":\"not-a-uuid\"}".into());
     lines.insert(20, "this is not json".into());
-    let batch = gzip(&(lines.join("\n") + "\n"));
+    let text = lines.join("\n") + "\n";
+    let batch = gzip(&text);
 
     let (status, first) = post_batch(&c, INGEST_TOKEN, batch.clone()).await;
     assert_eq!(status, 200);
@@ -517,6 +528,22 @@ async fn the_same_batch_twice_is_stored_once() {
         again,
         serde_json::json!({"stored": 0, "duplicates": 40, "rejected": 2})
     );
+    // The same lines as zstd (what sidecars send by default) and as plain NDJSON.
+    let zstd = zstd::bulk::compress(text.as_bytes(), -3).unwrap();
+    for (coding, body) in [("zstd", zstd), ("identity", text.clone().into_bytes())] {
+        let (status, v) = post_encoded(&c, INGEST_TOKEN, coding, body).await;
+        assert_eq!(status, 200, "{coding}");
+        assert_eq!(
+            v,
+            serde_json::json!({"stored": 0, "duplicates": 40, "rejected": 2}),
+            "{coding}"
+        );
+    }
+    // An encoding the collector does not know is refused, not read as NDJSON.
+    let (status, v) = post_encoded(&c, INGEST_TOKEN, "br", batch.clone()).await;
+    assert_eq!(status, 415, "{v}");
+    let (status, _) = post_encoded(&c, INGEST_TOKEN, "zstd", b"not zstd".to_vec()).await;
+    assert_eq!(status, 400);
     // Without the ingest token (or with a reader's) nothing is taken.
     assert_eq!(post_batch(&c, ADMIN_TOKEN, batch.clone()).await.0, 401);
     assert_eq!(post_batch(&c, "", batch).await.0, 401);
@@ -540,11 +567,11 @@ async fn the_same_batch_twice_is_stored_once() {
             &m,
             "switchyard_collector_events_total{result=\"duplicate\"}"
         ),
-        40.0
+        120.0
     );
     assert_eq!(
         metric_value(&m, "switchyard_collector_events_total{result=\"rejected\"}"),
-        4.0
+        8.0
     );
 }
 

@@ -2,9 +2,13 @@
 //! plain `proxy_pass` hop, and through Switchyard, under an open-loop fixed-rate load (so
 //! coordinated omission cannot hide latency) and a closed-loop saturation run.
 //!
+//! A second Switchyard ships usage events to a collector, so its CPU per request against
+//! the first one's is what shipping costs.
+//!
 //! Run: `cargo bench --bench load` (see docs/benchmarks.md). Knobs, as environment
 //! variables: BENCH_RATE (default 500 req/s), BENCH_SECS (10), BENCH_SAT_SECS (5),
-//! BENCH_CONNS (32, saturation concurrency).
+//! BENCH_CONNS (32, saturation concurrency), BENCH_EVENTS (1; 0 leaves the events row
+//! out), BENCH_COMPRESSION (zstd, gzip or none: the events row's batches).
 
 mod client;
 mod procs;
@@ -279,6 +283,52 @@ fn main() {
     );
     procs::wait_port(sy_port);
 
+    // The same proxy shipping usage events to a collector (SQLite, on this machine): its
+    // CPU against the row above is what shipping costs (BENCH_EVENTS=0 leaves it out).
+    let events = (env_or("BENCH_EVENTS", 1) == 1).then(|| {
+        let collector_port = free_port();
+        let hash = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(b"bench-ingest"))
+        };
+        let ccfg = dir.path().join("collector.yaml");
+        std::fs::write(
+            &ccfg,
+            format!(
+                "listen: 127.0.0.1:{collector_port}\ndatabase: \"sqlite://{}/usage.db\"\ntokens: {{ ingest: [\"sha256:{hash}\"] }}\n",
+                dir.path().display()
+            ),
+        )
+        .expect("write collector config");
+        let collector = Proc::spawn(
+            "collector",
+            Command::new(BIN).args(["collector", "--config", ccfg.to_str().unwrap_or_default()]),
+        );
+        procs::wait_port(collector_port);
+        let port = free_port();
+        let admin = free_port();
+        let cfg = dir.path().join("bench-events.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen: {{ proxy: \"127.0.0.1:{port}\", admin: \"127.0.0.1:{admin}\" }}\nserver: {{ threads: 2 }}\nproviders:\n  mock: {{ format: openai, base_url: \"http://127.0.0.1:{mock_port}/v1\", api_key: sk-provider }}\nmodels:\n  bench-model: {{ provider: mock, name: mock-model }}\nroutes:\n  - {{ name: bench, match: {{ model: \"bench-*\" }}, strategy: priority, targets: [bench-model] }}\ntelemetry: {{ collector: \"http://127.0.0.1:{collector_port}\", token: bench-ingest, spool_dir: \"{}/spool\", compression: {} }}\n",
+                dir.path().display(),
+                std::env::var("BENCH_COMPRESSION").unwrap_or_else(|_| "zstd".into()),
+            ),
+        )
+        .expect("write bench config");
+        let proxy = Proc::spawn(
+            "switchyard with events",
+            Command::new(BIN).env("SWITCHYARD_LOG", "warn").args([
+                "proxy",
+                "--config",
+                cfg.to_str().unwrap_or_default(),
+            ]),
+        );
+        procs::wait_port(port);
+        (collector, proxy, port)
+    });
+
     let nginx = procs::nginx_binary().map(|bin| {
         let port = free_port();
         let conf = dir.path().join("nginx.conf");
@@ -325,6 +375,15 @@ fn main() {
         url_path: "/v1/chat/completions",
         pid: Some(sy.pid()),
     });
+    if let Some((_, proxy, port)) = &events {
+        targets.push(Target {
+            path: "sy+events",
+            addr: format!("127.0.0.1:{port}"),
+            host: format!("127.0.0.1:{port}"),
+            url_path: "/v1/chat/completions",
+            pid: Some(proxy.pid()),
+        });
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -361,6 +420,7 @@ fn main() {
         let s = find("switchyard", w, "fixed-rate");
         let n = find("nginx", w, "fixed-rate");
         let ds = find("direct", w, "saturation");
+        let e = find("sy+events", w, "fixed-rate");
         let ss = find("switchyard", w, "saturation");
         let ns = find("nginx", w, "saturation");
         let diff = |k: &str| match (&d, &s) {
@@ -387,6 +447,7 @@ fn main() {
             "cpu_per_req_vs_nginx": ratio(&s, &n, "cpu_s_per_1k"),
             "saturation_vs_nginx": ratio(&ss, &ns, "rps"),
             "saturation_vs_direct": ratio(&ss, &ds, "rps"),
+            "events_cpu_vs_switchyard": ratio(&e, &s, "cpu_s_per_1k"),
         }));
     }
 
@@ -434,24 +495,29 @@ fn main() {
         ))
     );
     println!(
-        "\n{:<10} {:>14} {:>14} {:>15} {:>16} {:>14}",
+        "\n{:<10} {:>14} {:>14} {:>15} {:>16} {:>14} {:>16}",
         "workload",
         "+p50 vs direct",
         "+p99 vs direct",
         "+ttfb vs direct",
         "cpu/req vs nginx",
-        "sat vs nginx"
+        "sat vs nginx",
+        "cpu/req events"
     );
     for r in &ratios {
         let f = |k: &str| r[k].as_f64().map_or("-".into(), |v| format!("{v:.2}"));
+        let events = r["events_cpu_vs_switchyard"]
+            .as_f64()
+            .map_or("-".into(), |v| format!("{:+.1} %", (v - 1.0) * 100.0));
         println!(
-            "{:<10} {:>12}µs {:>12}µs {:>13}µs {:>16} {:>14}",
+            "{:<10} {:>12}µs {:>12}µs {:>13}µs {:>16} {:>14} {:>16}",
             r["workload"].as_str().unwrap_or(""),
             r["added_p50_us_vs_direct"],
             r["added_p99_us_vs_direct"],
             r["added_ttfb_p50_us_vs_direct"],
             f("cpu_per_req_vs_nginx"),
-            f("saturation_vs_nginx")
+            f("saturation_vs_nginx"),
+            events
         );
     }
 

@@ -548,18 +548,14 @@ fn compile_telemetry(
             "must be between 10ms and 60s",
         ));
     }
-    let gzip = match t.compression.as_str() {
-        "gzip" => true,
-        "none" => false,
-        other => {
-            return Err(ConfigError::new(
-                "telemetry.compression",
-                format!("{other:?} is not one of gzip, none"),
-            ))
-        }
+    let Some(compression) = crate::events::Compression::parse(&t.compression) else {
+        return Err(ConfigError::new(
+            "telemetry.compression",
+            format!("{:?} is not one of zstd, gzip, none", t.compression),
+        ));
     };
     Ok(Some(crate::events::Settings {
-        gzip,
+        compression,
         collector: collector.trim_end_matches('/').to_string(),
         token,
         spool_dir: spool_dir.into(),

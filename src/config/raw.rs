@@ -481,14 +481,13 @@ pub struct RawTelemetry {
     pub spool_max_bytes: u64,
     #[serde(default)]
     pub batch: RawBatch,
-    /// `gzip` (default) or `none`: plain NDJSON costs the sidecar less CPU and the network
-    /// more bytes, a fair trade for a collector in the same cluster.
+    /// `zstd` (default), `gzip` or `none`: see `events::Compression`.
     #[serde(default = "default_compression")]
     pub compression: String,
 }
 
 fn default_compression() -> String {
-    "gzip".into()
+    "zstd".into()
 }
 
 fn default_spool_dir() -> String {

@@ -183,7 +183,7 @@ fn teams_and_telemetry_are_validated() {
     let e = err(&format!("{base}telemetry: {{ collector: \"nope\" }}\n"));
     assert_eq!(e.field, "telemetry.collector");
     for (bad, field) in [
-        ("compression: zstd", "telemetry.compression"),
+        ("compression: brotli", "telemetry.compression"),
         ("spool_max_bytes: 10", "telemetry.spool_max_bytes"),
         ("batch: { max_events: 0 }", "telemetry.batch.max_events"),
         ("batch: { max_wait: 5m }", "telemetry.batch.max_wait"),

@@ -4,6 +4,7 @@
 
 use crate::price::Atto;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// The schema version this build writes.
@@ -44,7 +45,7 @@ pub struct UsageEvent {
     pub status: u16,
     /// The proxy's own error code, when the proxy answered with an error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error_code: Option<Arc<str>>,
+    pub error_code: Option<Cow<'static, str>>,
     pub stream: bool,
     /// The response was cut before its end; tokens are those streamed so far.
     pub partial: bool,
@@ -75,7 +76,8 @@ pub struct PolicyVersion {
 /// How the upstream was chosen. Routing strategies fill in more as they learn to explain.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Decision {
-    pub strategy: Arc<str>,
+    /// A strategy's name: static on the sidecar, so recording it allocates nothing.
+    pub strategy: Cow<'static, str>,
     /// Why this target, in a few words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Arc<str>>,
@@ -109,50 +111,10 @@ pub struct Usd(pub Atto);
 /// RFC 3339 in UTC with milliseconds (`2026-11-23T09:34:15.371Z`), written digit by digit:
 /// chrono's general formatter costs more than the rest of the event together.
 fn ts_millis<S: Serializer>(ts: &chrono::DateTime<chrono::Utc>, s: S) -> Result<S::Ok, S::Error> {
-    match ts_text(ts) {
+    match super::line::ts_text(ts) {
         Some(b) => s.serialize_str(std::str::from_utf8(&b).unwrap_or_default()),
         None => s.serialize_str(&ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
     }
-}
-
-/// The text of `ts_millis` for years 0–9999 (`None` outside them). The calendar date is
-/// worked out once a day per thread; the time of day is arithmetic on the milliseconds.
-fn ts_text(ts: &chrono::DateTime<chrono::Utc>) -> Option<[u8; 24]> {
-    use chrono::Datelike;
-    use std::cell::Cell;
-    thread_local! {
-        static DATE: Cell<(i64, [u8; 11])> = const { Cell::new((i64::MIN, [0; 11])) };
-    }
-    let millis = ts.timestamp_millis();
-    let day = millis.div_euclid(86_400_000);
-    let mut b = *b"0000-00-00T00:00:00.000Z";
-    let put = |b: &mut [u8; 24], at: usize, width: usize, mut v: u32| {
-        for i in (at..at + width).rev() {
-            b[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    let (cached_day, date) = DATE.get();
-    if cached_day == day {
-        b[..11].copy_from_slice(&date);
-    } else {
-        let year = ts.year();
-        if !(0..=9999).contains(&year) {
-            return None;
-        }
-        put(&mut b, 0, 4, year as u32);
-        put(&mut b, 5, 2, ts.month());
-        put(&mut b, 8, 2, ts.day());
-        let mut date = [0; 11];
-        date.copy_from_slice(&b[..11]);
-        DATE.set((day, date));
-    }
-    let of_day = millis.rem_euclid(86_400_000) as u32;
-    put(&mut b, 11, 2, of_day / 3_600_000);
-    put(&mut b, 14, 2, of_day / 60_000 % 60);
-    put(&mut b, 17, 2, of_day / 1000 % 60);
-    put(&mut b, 20, 3, of_day % 1000);
-    Some(b)
 }
 
 impl Serialize for Usd {
@@ -227,199 +189,8 @@ pub fn new_id(ts: &chrono::DateTime<chrono::Utc>) -> uuid::Uuid {
     uuid::Uuid::from_u128(millis << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b)
 }
 
-/// `",\"name\":"`: a field's key as one literal, so writing it is a single copy.
-macro_rules! key {
-    ($name:literal) => {
-        concat!(",\"", $name, "\":")
-    };
-}
-
-impl UsageEvent {
-    /// One NDJSON line (no newline), exactly what the derived `Serialize` writes (a test
-    /// holds the two equal, field by field), without serde's per-field machinery: every
-    /// request pays for this line, and by hand it costs a quarter as much.
-    pub fn to_json(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.write_json(&mut out);
-        out
-    }
-
-    /// `to_json`, appended to `out` (the spool writer's buffer: no copy of its own).
-    pub fn write_json(&self, out: &mut Vec<u8>) {
-        out.reserve(1024);
-        let mut w = Line(out);
-        w.raw("{\"v\":");
-        w.num(u64::from(self.v));
-        w.raw(",\"id\":\"");
-        w.raw(
-            self.id
-                .hyphenated()
-                .encode_lower(&mut uuid::Uuid::encode_buffer()),
-        );
-        w.raw("\",\"ts\":");
-        match ts_text(&self.ts) {
-            Some(text) => {
-                w.0.push(b'"');
-                w.0.extend_from_slice(&text);
-                w.0.push(b'"');
-            }
-            None => w.string(&self.ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-        }
-        w.field_str(key!("namespace"), &self.namespace);
-        w.field_str(key!("pod"), &self.pod);
-        w.field_str(key!("service"), &self.service);
-        w.field_str(key!("node"), &self.node);
-        w.field_str(key!("team"), &self.team);
-        if let Some(k) = &self.key_id {
-            w.field_str(key!("key_id"), k);
-        }
-        w.field_str(key!("route"), &self.route);
-        if let Some(m) = &self.requested_model {
-            w.field_str(key!("requested_model"), m);
-        }
-        w.field_str(key!("model"), &self.model);
-        w.field_str(key!("provider"), &self.provider);
-        w.field_num(key!("attempts"), u64::from(self.attempts));
-        w.field_bool(key!("fallback"), self.fallback);
-        w.field_num(key!("status"), u64::from(self.status));
-        if let Some(c) = &self.error_code {
-            w.field_str(key!("error_code"), c);
-        }
-        w.field_bool(key!("stream"), self.stream);
-        w.field_bool(key!("partial"), self.partial);
-        w.field_num(key!("input_tokens"), self.input_tokens);
-        w.field_num(key!("output_tokens"), self.output_tokens);
-        w.field_num(key!("cached_tokens"), self.cached_tokens);
-        w.field_num(key!("cache_write_tokens"), self.cache_write_tokens);
-        w.field_num(key!("reasoning_tokens"), self.reasoning_tokens);
-        w.raw(key!("cost_usd"));
-        crate::price::write_usd(self.cost_usd.0, w.0);
-        w.field_num(key!("latency_ms"), self.latency_ms);
-        if let Some(t) = self.ttft_ms {
-            w.field_num(key!("ttft_ms"), t);
-        }
-        w.field_num(key!("overhead_us"), self.overhead_us);
-        w.raw(",\"policy_version\":{\"generation\":");
-        w.num(self.policy_version.generation);
-        w.field_str(key!("sha256"), &self.policy_version.sha256);
-        w.raw("},\"decision\":{\"strategy\":");
-        w.string(&self.decision.strategy);
-        if let Some(r) = &self.decision.reason {
-            w.field_str(key!("reason"), r);
-        }
-        if let Some(score) = self.decision.score.filter(|s| s.is_finite()) {
-            w.raw(key!("score"));
-            w.raw(ryu::Buffer::new().format_finite(score));
-        }
-        if let Some(s) = &self.decision.shadow {
-            w.raw(",\"shadow\":{\"route\":");
-            w.string(&s.route);
-            w.field_str(key!("strategy"), &s.strategy);
-            w.field_str(key!("model"), &s.model);
-            if let Some(r) = &s.reason {
-                w.field_str(key!("reason"), r);
-            }
-            if let Some(score) = s.score.filter(|s| s.is_finite()) {
-                w.raw(key!("score"));
-                w.raw(ryu::Buffer::new().format_finite(score));
-            }
-            w.raw("}");
-        }
-        w.raw("}}");
-    }
-}
-
-/// Whether any byte is a control character, `"` or `\\`: eight bytes at a time, the last
-/// eight overlapping the one before and a short string padded with spaces, so no byte is
-/// ever looked at alone (a byte flagged falsely next to a true one only sends the string
-/// down the careful path).
-fn needs_escape(s: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-    let flagged = |c: &[u8]| {
-        let mut b = [b' '; 8];
-        b[..c.len()].copy_from_slice(c);
-        let x = u64::from_le_bytes(b);
-        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
-        let quote = zero_byte(x ^ (ONES * u64::from(b'"')));
-        let backslash = zero_byte(x ^ (ONES * u64::from(b'\\')));
-        control | quote | backslash != 0
-    };
-    if s.len() <= 8 {
-        return flagged(s);
-    }
-    let mut chunks = s.chunks_exact(8);
-    if chunks.any(flagged) {
-        return true;
-    }
-    !chunks.remainder().is_empty() && flagged(&s[s.len() - 8..])
-}
-
-/// A JSON line being written; keys are whole literals made by `key!`.
-struct Line<'a>(&'a mut Vec<u8>);
-
-impl Line<'_> {
-    fn raw(&mut self, s: &str) {
-        self.0.extend_from_slice(s.as_bytes());
-    }
-
-    fn num(&mut self, n: u64) {
-        self.raw(itoa::Buffer::new().format(n));
-    }
-
-    fn field_str(&mut self, key: &str, v: &str) {
-        self.raw(key);
-        self.string(v);
-    }
-
-    fn field_num(&mut self, key: &str, n: u64) {
-        self.raw(key);
-        self.num(n);
-    }
-
-    fn field_bool(&mut self, key: &str, b: bool) {
-        self.raw(key);
-        self.raw(if b { "true" } else { "false" });
-    }
-
-    /// A JSON string: quotes, backslashes and control characters escaped.
-    fn string(&mut self, s: &str) {
-        self.0.push(b'"');
-        if !needs_escape(s.as_bytes()) {
-            // Names from the policy and model ids: almost always the whole string as is.
-            self.0.extend_from_slice(s.as_bytes());
-            self.0.push(b'"');
-            return;
-        }
-        let mut start = 0;
-        for (i, &b) in s.as_bytes().iter().enumerate() {
-            if b >= 0x20 && b != b'"' && b != b'\\' {
-                continue;
-            }
-            self.0.extend_from_slice(&s.as_bytes()[start..i]);
-            match b {
-                b'"' => self.raw("\\\""),
-                b'\\' => self.raw("\\\\"),
-                b'\n' => self.raw("\\n"),
-                b'\r' => self.raw("\\r"),
-                b'\t' => self.raw("\\t"),
-                _ => {
-                    const HEX: &[u8; 16] = b"0123456789abcdef";
-                    self.raw("\\u00");
-                    self.0.push(HEX[usize::from(b >> 4)]);
-                    self.0.push(HEX[usize::from(b & 15)]);
-                }
-            }
-            start = i + 1;
-        }
-        self.0.extend_from_slice(&s.as_bytes()[start..]);
-        self.0.push(b'"');
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> UsageEvent {
@@ -466,66 +237,6 @@ mod tests {
     }
 
     #[test]
-    fn the_hand_written_line_is_what_serde_writes() {
-        let mut e = sample();
-        let same = |e: &UsageEvent| {
-            let hand: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
-            let derived = serde_json::to_value(e).unwrap();
-            assert_eq!(hand, derived);
-            // And the collector's parser takes it back unchanged.
-            let back: UsageEvent = serde_json::from_slice(&e.to_json()).unwrap();
-            assert_eq!(&back, e);
-        };
-        same(&e);
-        e.key_id = Some("alice-laptop".into());
-        e.requested_model = None;
-        e.error_code = Some("upstream_timeout".into());
-        e.ttft_ms = None;
-        e.decision.reason = Some("attempt 2 of the plan".into());
-        e.decision.score = Some(0.4321);
-        e.decision.shadow = Some(Shadow {
-            route: "auto".into(),
-            strategy: "complexity".into(),
-            model: "small".into(),
-            reason: Some("complexity; chose small; score 0.1 -> tier 1 (small)".into()),
-            score: Some(0.1),
-        });
-        e.team = "quote\" back\\ nl\n tab\t bell\u{7} é 😀".into();
-        e.cost_usd = Usd(123_456_789_000_000_000_001);
-        e.input_tokens = u64::MAX;
-        same(&e);
-    }
-
-    #[test]
-    fn the_escape_check_misses_nothing() {
-        for s in [
-            "",
-            "plain-model-name",
-            "gpt-4o-mini-2024-07-18",
-            "ünïcødé 😀 text",
-        ] {
-            assert!(!needs_escape(s.as_bytes()), "{s}");
-        }
-        for bad in ["\"", "\\", "\n", "\u{1f}"] {
-            for at in 0..20 {
-                let s = format!("{}{bad}{}", "a".repeat(at), "é".repeat(3));
-                assert!(needs_escape(s.as_bytes()), "{s:?}");
-            }
-        }
-        // Every single byte, at every place of every length up to three words.
-        for b in 0u8..=255 {
-            let want = b < 0x20 || b == b'"' || b == b'\\';
-            for len in 1..=24 {
-                for at in 0..len {
-                    let mut v = vec![b'x'; len];
-                    v[at] = b;
-                    assert_eq!(needs_escape(&v), want, "byte {b} at {at} of {len}");
-                }
-            }
-        }
-    }
-
-    #[test]
     fn ids_are_uuid_v7_of_the_events_millisecond() {
         use chrono::TimeZone;
         let ts = chrono::Utc
@@ -542,31 +253,6 @@ mod tests {
         }
         // Later milliseconds sort later, as the collector's paging expects.
         assert!(new_id(&(ts + chrono::Duration::milliseconds(1))) > *ids.iter().max().unwrap());
-    }
-
-    #[test]
-    fn timestamps_are_rfc3339_millis() {
-        use chrono::TimeZone;
-        // Across days, years and the epoch, whatever date the thread saw before.
-        let start = chrono::Utc
-            .with_ymd_and_hms(1969, 12, 31, 23, 0, 0)
-            .unwrap();
-        for step in 0..2000i64 {
-            let ts =
-                start + chrono::Duration::milliseconds(step * 7_777_777_777 % 1_000_000_000_000);
-            let want = ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-            assert_eq!(std::str::from_utf8(&ts_text(&ts).unwrap()).unwrap(), want);
-        }
-        let mut e = sample();
-        e.ts = chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()
-            + chrono::Duration::milliseconds(67);
-        let text = String::from_utf8(e.to_json()).unwrap();
-        assert!(
-            text.contains("\"ts\":\"2026-01-02T03:04:05.067Z\""),
-            "{text}"
-        );
-        let back: UsageEvent = serde_json::from_str(&text).unwrap();
-        assert_eq!(back.ts, e.ts);
     }
 
     #[test]

@@ -1,10 +1,11 @@
-//! The shipper: reads the spool oldest first and POSTs it to the collector as gzip NDJSON,
+//! The shipper: reads the spool oldest first and POSTs it to the collector as NDJSON
+//! (zstd-compressed by default, or gzip, or plain),
 //! on a thread and runtime of its own. A batch is acknowledged in the spool only after the
 //! collector answered 2xx (its transaction committed); failures back off exponentially
 //! with jitter and the same batch is sent again — the collector stores an id once.
 
 use super::spool::{Batch, Damage, Spool};
-use super::Settings;
+use super::{Compression, Settings};
 use crate::telemetry::EventMetrics;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -89,7 +90,8 @@ pub fn start(
         current,
         metrics,
         handle: handle.clone(),
-        gzip: Gzip::new(),
+        gzip: None,
+        zstd: None,
     };
     std::thread::Builder::new()
         .name("events-ship".into())
@@ -115,7 +117,9 @@ struct Shipper {
     current: Arc<dyn Fn() -> Option<Settings> + Send + Sync>,
     metrics: EventMetrics,
     handle: Handle,
-    gzip: Gzip,
+    /// Each encoder made on first use and kept (a reload may switch between them).
+    gzip: Option<Gzip>,
+    zstd: Option<zstd::bulk::Compressor<'static>>,
 }
 
 /// Gzip with one deflate state for the shipper's life: a new one per batch would cost more
@@ -155,6 +159,36 @@ impl Gzip {
     }
 }
 
+impl Shipper {
+    /// The batch compressed, with its `Content-Encoding`; `None` to send it as it is.
+    fn encode(
+        &mut self,
+        compression: Compression,
+        ndjson: &[u8],
+    ) -> Option<(&'static str, Vec<u8>)> {
+        match compression {
+            Compression::None => None,
+            Compression::Gzip => {
+                let body = self.gzip.get_or_insert_with(Gzip::new).compress(ndjson);
+                (!body.is_empty()).then_some(("gzip", body))
+            }
+            Compression::Zstd => {
+                if self.zstd.is_none() {
+                    self.zstd = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+                }
+                // Compressing memory does not fail; should it, send plainly.
+                let body = self.zstd.as_mut()?.compress(ndjson).ok()?;
+                Some(("zstd", body))
+            }
+        }
+    }
+}
+
+/// One of zstd's fast levels (`zstd --fast=3`): on a batch of usage NDJSON a quarter of
+/// the instructions of gzip's fastest level for a ratio near its (about 16:1 to 19:1); level
+/// 1 reaches 28:1 for a third more CPU, which the sidecar pays and the network does not need.
+const ZSTD_LEVEL: i32 = -3;
+
 enum SendError {
     /// The batch is larger than the collector takes: send it in halves.
     TooLarge,
@@ -190,6 +224,8 @@ impl Shipper {
         let mut backoff = BACKOFF_FIRST;
         let mut max_events = self.fallback.max_events;
         let mut failing = false;
+        // One batch's memory for the shipper's life.
+        let mut batch = Batch::default();
         loop {
             let settings = (self.current)().unwrap_or_else(|| self.fallback.clone());
             // Woken early only when a full batch is waiting; otherwise every max_wait.
@@ -199,8 +235,8 @@ impl Shipper {
                     .is_err();
             loop {
                 let settings = (self.current)().unwrap_or_else(|| self.fallback.clone());
-                let (batch, damage) = match self.spool.read(max_events) {
-                    Ok(b) => b,
+                let damage = match self.spool.read_into(max_events, &mut batch) {
+                    Ok(d) => d,
                     Err(e) => {
                         tracing::error!("{e}");
                         break;
@@ -218,7 +254,7 @@ impl Shipper {
                 if batch.events < max_events && !timed_out && !draining && !failing {
                     break;
                 }
-                match self.send(&settings, &batch).await {
+                match self.send(&settings, &mut batch).await {
                     Ok(rejected) => {
                         if failing {
                             tracing::info!("collector reachable again; sending the spool");
@@ -309,22 +345,17 @@ impl Shipper {
         }
     }
 
-    /// One POST; returns how many lines the collector rejected as malformed.
-    async fn send(&mut self, settings: &Settings, batch: &Batch) -> Result<u64, SendError> {
-        let body = if settings.gzip {
-            self.gzip.compress(&batch.ndjson)
-        } else {
-            Vec::new()
-        };
+    /// One POST; returns how many lines the collector rejected as malformed. Plain NDJSON
+    /// is handed over, not copied: a retry reads the spool again.
+    async fn send(&mut self, settings: &Settings, batch: &mut Batch) -> Result<u64, SendError> {
         let url = format!("{}/v1/events", settings.collector.trim_end_matches('/'));
-        let mut req = self
+        let req = self
             .client
             .post(url)
             .header("content-type", "application/x-ndjson");
-        req = if body.is_empty() {
-            req.body(batch.ndjson.clone())
-        } else {
-            req.header("content-encoding", "gzip").body(body)
+        let mut req = match self.encode(settings.compression, &batch.ndjson) {
+            Some((coding, body)) => req.header("content-encoding", coding).body(body),
+            None => req.body(std::mem::take(&mut batch.ndjson)),
         };
         if let Some(t) = &settings.token {
             req = req.bearer_auth(t);

@@ -37,6 +37,8 @@ pub struct Batch {
     pub ndjson: Vec<u8>,
     pub events: usize,
     pub end: Position,
+    /// The bytes read from disk, kept for the next read.
+    buf: Vec<u8>,
 }
 
 /// What recovery and reading found wrong in the spool, for the metrics.
@@ -343,9 +345,16 @@ impl Spool {
 
     /// Reads up to `max_events` records from the cursor, without moving it. Damaged
     /// records are skipped (and reported); the batch's `end` is where the next read starts.
-    /// Reads only what the batch needs, a bounded chunk at a time.
     pub fn read(&self, max_events: usize) -> Result<(Batch, Damage), String> {
-        let (mut pos, plan): (Position, Vec<(u64, u64)>) = {
+        let mut batch = Batch::default();
+        let damage = self.read_into(max_events, &mut batch)?;
+        Ok((batch, damage))
+    }
+
+    /// `read` into a batch whose memory is reused (the shipper keeps one). Reads only
+    /// about what the batch needs, a bounded chunk at a time.
+    pub fn read_into(&self, max_events: usize, batch: &mut Batch) -> Result<Damage, String> {
+        let (mut pos, plan, record_bytes): (Position, Vec<(u64, u64)>, usize) = {
             let idx = self.index();
             let plan = idx
                 .segments
@@ -353,11 +362,13 @@ impl Spool {
                 .filter(|s| s.id >= idx.cursor.segment)
                 .map(|s| (s.id, s.len))
                 .collect();
-            (idx.cursor, plan)
+            let average = idx.total_bytes.checked_div(idx.pending).unwrap_or(0);
+            (idx.cursor, plan, average as usize)
         };
-        let mut batch = Batch::default();
+        batch.ndjson.clear();
+        batch.events = 0;
         let mut damage = Damage::default();
-        let mut buf = Vec::new();
+        let mut buf = std::mem::take(&mut batch.buf);
         for &(id, len) in &plan {
             if id != pos.segment {
                 pos = Position {
@@ -367,22 +378,35 @@ impl Spool {
             }
             let path = segment_path(&self.dir, id);
             let mut file = None;
-            let mut want = READ_CHUNK;
+            // A record longer than what was read, read again whole from its start.
+            let mut need = 0;
             while batch.events < max_events && pos.offset < len {
+                // What the records still wanted take, by the spool's average, and some more.
+                let want = (record_bytes + HEADER)
+                    .saturating_mul(max_events - batch.events)
+                    .saturating_add(64 << 10)
+                    .min(READ_CHUNK)
+                    .max(need);
                 let f = match &file {
                     Some(f) => f,
                     None => file.insert(File::open(&path).map_err(|e| io("open", &path, e))?),
                 };
                 let n = want.min((len - pos.offset) as usize);
-                buf.resize(n, 0);
-                f.read_exact_at(&mut buf, pos.offset)
+                // The buffer only grows: zeroing what is about to be read over costs as
+                // much as the read.
+                if buf.len() < n {
+                    buf.resize(n, 0);
+                }
+                let buf = &mut buf[..n];
+                f.read_exact_at(buf, pos.offset)
                     .map_err(|e| io("read", &path, e))?;
                 // The payloads are about all of the chunk: one allocation for them.
                 batch.ndjson.reserve(n);
                 let mut at = 0;
                 let mut short = None;
+                need = 0;
                 while batch.events < max_events {
-                    match record(&buf, at) {
+                    match record(buf, at) {
                         Record::Ok { payload, next } => {
                             batch.ndjson.extend_from_slice(payload);
                             batch.ndjson.push(b'\n');
@@ -407,14 +431,14 @@ impl Spool {
                     }
                 }
                 pos.offset += at as u64;
-                if let Some(need) = short {
-                    if pos.offset + need as u64 > len {
+                if let Some(whole) = short {
+                    if pos.offset + whole as u64 > len {
                         // The segment ends inside this record: a tail cut by a crash.
                         damage.torn_tails += 1;
                         pos.offset = len;
                     } else {
                         // The record continues past this chunk: read again from its start.
-                        want = want.max(need);
+                        need = whole;
                     }
                 }
             }
@@ -423,7 +447,8 @@ impl Spool {
             }
         }
         batch.end = pos;
-        Ok((batch, damage))
+        batch.buf = buf;
+        Ok(damage)
     }
 
     /// The collector acknowledged everything before `end` (holding `events` records):

@@ -76,7 +76,7 @@ pub(super) fn event(ctx: &Ctx, status: u16) -> Option<UsageEvent> {
         attempts: r.attempts,
         fallback: r.fallback,
         status,
-        error_code: r.error_code.map(|c| Arc::from(c.as_str())),
+        error_code: r.error_code.map(|c| c.as_str().into()),
         stream: r.stream,
         partial: r.partial,
         input_tokens: usage.input,
@@ -90,11 +90,12 @@ pub(super) fn event(ctx: &Ctx, status: u16) -> Option<UsageEvent> {
         overhead_us: ctx.overhead.as_micros() as u64,
         policy_version: policy.version.clone(),
         decision: Decision {
-            strategy: Arc::from(if r.strategy.is_empty() {
+            strategy: if r.strategy.is_empty() {
                 "none"
             } else {
                 r.strategy
-            }),
+            }
+            .into(),
             reason,
             score: r.score,
             shadow: r.shadow.clone(),

@@ -80,19 +80,37 @@ fn team_of(role: &Role) -> Option<&str> {
     }
 }
 
-/// The request body as sent, or gunzipped; never more than `max` bytes out.
+/// The request body as sent, or decompressed (zstd or gzip); never more than `max` bytes
+/// out, whatever the compressed size promised.
 fn decode(headers: &HeaderMap, body: &[u8], max: usize) -> Result<Vec<u8>, Response> {
-    let gzip = headers
+    let coding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
-    if !gzip {
-        return Ok(body.to_vec());
-    }
+        .map(str::trim)
+        .unwrap_or("");
     let mut out = Vec::with_capacity(body.len() * 4);
-    let read = flate2::read::GzDecoder::new(body)
-        .take(max as u64 + 1)
-        .read_to_end(&mut out);
+    let limit = max as u64 + 1;
+    let read = if coding.eq_ignore_ascii_case("gzip") {
+        flate2::read::GzDecoder::new(body)
+            .take(limit)
+            .read_to_end(&mut out)
+    } else if coding.eq_ignore_ascii_case("zstd") {
+        zstd::stream::read::Decoder::with_buffer(body)
+            .and_then(|mut d| {
+                // A frame may ask for a window of up to 2 GB; ours use 512 KB.
+                d.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
+                Ok(d)
+            })
+            .and_then(|d| d.take(limit).read_to_end(&mut out))
+    } else if coding.is_empty() || coding.eq_ignore_ascii_case("identity") {
+        return Ok(body.to_vec());
+    } else {
+        return Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request",
+            "content-encoding must be zstd, gzip or none",
+        ));
+    };
     match read {
         Ok(n) if n > max => Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -103,10 +121,13 @@ fn decode(headers: &HeaderMap, body: &[u8], max: usize) -> Result<Vec<u8>, Respo
         Err(_) => Err(error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
-            "the body is not valid gzip",
+            "the body is not valid for its content-encoding",
         )),
     }
 }
+
+/// The largest zstd window a batch may use: 16 MB.
+const ZSTD_WINDOW_LOG_MAX: u32 = 24;
 
 async fn ingest(State(app): AppState, headers: HeaderMap, body: Bytes) -> Response {
     let m = &app.metrics;
