@@ -8,6 +8,7 @@ use super::{complexity, Observed, RouteInput, MIN_QUALITY_HEADER};
 use crate::error::{ErrorCode, ProxyError};
 use crate::policy::{Policy, Route, Strategy};
 use crate::price::Atto;
+use smallvec::SmallVec;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,9 +18,13 @@ pub const EXPECTED_OUTPUT_TOKENS: u64 = 256;
 /// Prompt bytes per token, the same estimate admission uses.
 const BYTES_PER_TOKEN: u64 = 4;
 
+/// Positions (in the catalog, or in a route's candidates): routes rarely list more than
+/// eight targets, and a few lists of them are made for every request.
+pub(super) type Indices = SmallVec<[usize; 8]>;
+
 pub(super) struct Choice {
     /// Catalog models in the order to try them, fallbacks included.
-    pub order: Vec<usize>,
+    pub order: Indices,
     pub explain: Option<String>,
     pub score: Option<f64>,
 }
@@ -38,7 +43,7 @@ pub(super) fn choose(
     let meets = |m: usize| floor.is_none_or(|f| policy.models[m].quality.is_some_and(|q| q >= f));
     let mut skipped: Vec<(usize, &'static str)> = Vec::new();
 
-    let mut candidates = Vec::with_capacity(route.targets.len());
+    let mut candidates = Indices::new();
     for &m in &route.targets {
         if meets(m) {
             candidates.push(m);
@@ -60,31 +65,33 @@ pub(super) fn choose(
     // Health: those out of service are skipped, but never more than `max_ejected_percent`
     // of the targets (half, by default);
     // past that, the ones that failed longest ago are tried anyway.
-    let targets: Vec<Arc<Target>> = candidates
+    let targets: SmallVec<[Arc<Target>; 8]> = candidates
         .iter()
         .map(|m| policy.models[*m].target(seen))
         .collect();
-    let health: Vec<Health> = targets.iter().map(|t| t.health(now)).collect();
-    let mut out: Vec<usize> = (0..candidates.len())
+    let health: SmallVec<[Health; 8]> = targets.iter().map(|t| t.health(now)).collect();
+    let mut out: Indices = (0..candidates.len())
         .filter(|i| !health[*i].is_available())
         .collect();
     let most_out = candidates.len() * policy.outlier.max_ejected_percent as usize / 100;
     // Those tried anyway come after every healthy target, whatever the strategy says.
-    let mut forced = Vec::new();
+    let mut forced = Indices::new();
     if out.len() > most_out {
         out.sort_by_key(|i| targets[*i].last_failure());
         forced = out.drain(..out.len() - most_out).collect();
     }
-    let available: Vec<usize> = (0..candidates.len()).filter(|i| !out.contains(i)).collect();
+    let available: Indices = (0..candidates.len()).filter(|i| !out.contains(i)).collect();
     for i in &out {
         skipped.push((candidates[*i], health[*i].reason()));
     }
 
     let name = |m: usize| &*policy.models[m].alias;
-    let mut why = String::new();
+    // Sized for a whole explanation, which `explain` takes over: growing a String step
+    // by step cost more than writing it.
+    let mut why = Text(String::with_capacity(192));
     let mut score = None;
     // Positions in `candidates`, in the order to try.
-    let ordered: Vec<usize> = match &route.strategy {
+    let ordered: Indices = match &route.strategy {
         Strategy::Weighted {
             targets: weighted, ..
         } => {
@@ -129,7 +136,7 @@ pub(super) fn choose(
                 .position(|(_, up_to)| s <= *up_to)
                 .unwrap_or(tiers.len() - 1);
             let pos = |m: usize| candidates.iter().position(|c| *c == m);
-            let mut order: Vec<usize> = Vec::new();
+            let mut order = Indices::new();
             // The scored tier, then harder ones, then easier ones as a last resort.
             let up = tiers[tier..].iter();
             let down = tiers[..tier].iter().rev();
@@ -138,15 +145,17 @@ pub(super) fn choose(
                     order.push(i);
                 }
             }
-            let _ = write!(
-                why,
-                "score {s:.3} -> tier {} ({})",
-                tier + 1,
-                name(tiers[tier].0)
-            );
+            why.s("score ")
+                .fixed(s, 3)
+                .s(" -> tier ")
+                .n(tier as u64 + 1)
+                .s(" (")
+                .s(name(tiers[tier].0))
+                .s(")");
             if let Some(first) = order.first() {
                 if candidates[*first] != tiers[tier].0 {
-                    let _ = write!(why, ", unavailable: moved to {}", name(candidates[*first]));
+                    why.s(", unavailable: moved to ")
+                        .s(name(candidates[*first]));
                 }
             }
             order
@@ -167,20 +176,19 @@ pub(super) fn choose(
             };
             let mut order = available.clone();
             order.sort_by_key(|i| cost(*i));
-            let usd = |c: Atto| {
-                if c == Atto::MAX {
-                    "no price".to_string()
-                } else {
-                    format!("${}", crate::price::usd_decimal(c))
-                }
-            };
-            let _ = write!(
-                why,
-                "expected {input_tokens} in + {output_tokens} out tokens:"
-            );
+            why.s("expected ")
+                .n(input_tokens)
+                .s(" in + ")
+                .n(output_tokens)
+                .s(" out tokens:");
             for (k, i) in order.iter().enumerate().take(3) {
-                let sep = if k == 0 { " " } else { ", " };
-                let _ = write!(why, "{sep}{} {}", name(candidates[*i]), usd(cost(*i)));
+                why.s(if k == 0 { " " } else { ", " })
+                    .s(name(candidates[*i]))
+                    .s(" ");
+                match cost(*i) {
+                    Atto::MAX => why.s("no price"),
+                    c => why.s("$").usd(c),
+                };
             }
             order
         }
@@ -202,37 +210,37 @@ pub(super) fn choose(
                 latency * f64::from(in_flight + 1)
             };
             let order = two_choices(&available, load);
-            describe_loads(&mut why, &order, |i| {
+            describe_loads(&mut why, &order, |why, i| {
                 let t = &targets[i];
+                why.s(name(candidates[i]));
                 match t.latency_us(now) {
-                    Some(us) => format!(
-                        "{} {:.1} ms x {} in flight",
-                        name(candidates[i]),
-                        us / 1000.0,
-                        t.in_flight() + 1
-                    ),
-                    None => format!("{} unmeasured", name(candidates[i])),
-                }
+                    Some(us) => why
+                        .s(" ")
+                        .fixed(us / 1000.0, 1)
+                        .s(" ms x ")
+                        .n(u64::from(t.in_flight()) + 1)
+                        .s(" in flight"),
+                    None => why.s(" unmeasured"),
+                };
             });
             order
         }
         Strategy::LeastBusy { .. } => {
             let order = two_choices(&available, |i| f64::from(targets[i].in_flight()));
-            describe_loads(&mut why, &order, |i| {
-                format!(
-                    "{} {} in flight",
-                    name(candidates[i]),
-                    targets[i].in_flight()
-                )
+            describe_loads(&mut why, &order, |why, i| {
+                why.s(name(candidates[i]))
+                    .s(" ")
+                    .n(u64::from(targets[i].in_flight()))
+                    .s(" in flight");
             });
             order
         }
-        Strategy::Passthrough { .. } => Vec::new(),
+        Strategy::Passthrough { .. } => Indices::new(),
     };
 
-    let (healthy, forced): (Vec<usize>, Vec<usize>) =
-        ordered.iter().partition(|i| !forced.contains(i));
-    let mut order: Vec<usize> = healthy
+    let (healthy, forced): (Indices, Indices) =
+        ordered.iter().copied().partition(|i| !forced.contains(i));
+    let mut order: Indices = healthy
         .iter()
         .chain(&forced)
         .map(|i| candidates[*i])
@@ -255,24 +263,28 @@ pub(super) fn choose(
         Strategy::Weighted { .. } | Strategy::Priority { .. }
     );
     let explain = (weighed || !skipped.is_empty()).then(|| {
-        let mut e = String::from(route.strategy.name());
+        let mut e = Text(String::with_capacity(why.0.len() + 128));
+        e.s(route.strategy.name());
         if let Some(first) = order.first() {
-            let _ = write!(e, "; chose {}", name(*first));
+            e.s("; chose ").s(name(*first));
         }
-        if !why.is_empty() {
-            let _ = write!(e, "; {why}");
+        if !why.0.is_empty() {
+            e.s("; ").s(&why.0);
         }
         if let Some(f) = floor {
-            let _ = write!(e, "; min_quality {f}");
+            let _ = write!(e.0, "; min_quality {f}");
         }
         if !skipped.is_empty() {
-            e.push_str("; skipped");
+            e.s("; skipped");
             for (k, (m, reason)) in skipped.iter().enumerate() {
-                let sep = if k == 0 { " " } else { ", " };
-                let _ = write!(e, "{sep}{} ({reason})", name(*m));
+                e.s(if k == 0 { " " } else { ", " })
+                    .s(name(*m))
+                    .s(" (")
+                    .s(reason)
+                    .s(")");
             }
         }
-        e
+        e.0
     });
     Ok(Choice {
         order,
@@ -283,8 +295,8 @@ pub(super) fn choose(
 
 /// Power of two choices: two distinct candidates drawn at random, the lighter first; then
 /// the rest, lightest first (the retry order).
-fn two_choices(available: &[usize], load: impl Fn(usize) -> f64) -> Vec<usize> {
-    let mut order = available.to_vec();
+fn two_choices(available: &[usize], load: impl Fn(usize) -> f64) -> Indices {
+    let mut order = Indices::from_slice(available);
     if order.len() < 2 {
         return order;
     }
@@ -305,12 +317,57 @@ fn two_choices(available: &[usize], load: impl Fn(usize) -> f64) -> Vec<usize> {
 }
 
 /// "x over y" for the first two of a load-ordered list.
-fn describe_loads(why: &mut String, order: &[usize], say: impl Fn(usize) -> String) {
+fn describe_loads(why: &mut Text, order: &[usize], say: impl Fn(&mut Text, usize)) {
     if let Some(first) = order.first() {
-        why.push_str(&say(*first));
+        say(why, *first);
     }
     if let Some(second) = order.get(1) {
-        let _ = write!(why, " over {}", say(*second));
+        why.s(" over ");
+        say(why, *second);
+    }
+}
+
+/// An explanation being written. Not with `write!`: `core::fmt` costs about a thousand
+/// instructions a call, and every weighing decision (every request) wrote several.
+struct Text(String);
+
+impl Text {
+    fn s(&mut self, text: &str) -> &mut Text {
+        self.0.push_str(text);
+        self
+    }
+
+    fn n(&mut self, v: u64) -> &mut Text {
+        self.s(itoa::Buffer::new().format(v))
+    }
+
+    /// `v` with `decimals` digits after the point, as `{:.N}` writes a non-negative number.
+    fn fixed(&mut self, v: f64, decimals: u32) -> &mut Text {
+        let scale = 10u64.pow(decimals);
+        let exact = v * scale as f64;
+        // Near a tie the product's rounding error could pick the other digit: those (rare)
+        // and what does not fit go through `core::fmt`, so the text is always its.
+        let near_tie = (exact - exact.floor() - 0.5).abs() < 1e-6;
+        if near_tie || !(0.0..1e15).contains(&exact) {
+            let _ = write!(self.0, "{v:.*}", decimals as usize);
+            return self;
+        }
+        let scaled = exact.round() as u64;
+        self.n(scaled / scale);
+        if decimals > 0 {
+            let mut buf = itoa::Buffer::new();
+            let frac = buf.format(scaled % scale);
+            self.0.push('.');
+            for _ in frac.len()..decimals as usize {
+                self.0.push('0');
+            }
+            self.0.push_str(frac);
+        }
+        self
+    }
+
+    fn usd(&mut self, atto: Atto) -> &mut Text {
+        self.s(&crate::price::usd_decimal(atto))
     }
 }
 
@@ -506,5 +563,28 @@ routes:
         assert_eq!(order(&p, &seen, "auto", &h), ["cheap", "middle", "dear"]);
         eject(&p, &seen, "cheap");
         assert_eq!(order(&p, &seen, "auto", &h), ["middle", "dear"]);
+    }
+
+    #[test]
+    fn explanations_write_numbers_as_format_would() {
+        for v in [
+            0.0, 0.0004, 0.0005, 0.016, 0.5, 0.9995, 1.0, 12.34, 1234.5678, 9.99e13,
+        ] {
+            for d in [0u32, 1, 3] {
+                let mut t = Text(String::new());
+                t.fixed(v, d);
+                assert_eq!(t.0, format!("{v:.*}", d as usize), "{v} to {d}");
+            }
+        }
+        let mut t = Text(String::new());
+        t.fixed(f64::NAN, 1)
+            .s(" ")
+            .fixed(-2.5, 1)
+            .s(" ")
+            .fixed(1e300, 1);
+        assert_eq!(t.0, format!("{:.1} {:.1} {:.1}", f64::NAN, -2.5, 1e300));
+        let mut t = Text(String::new());
+        t.n(0).s(" ").n(u64::MAX).s(" ").usd(1_500_000_000_000_000);
+        assert_eq!(t.0, format!("0 {} 0.0015", u64::MAX));
     }
 }
