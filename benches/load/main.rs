@@ -263,25 +263,7 @@ fn main() {
     );
     procs::wait_port(mock_port);
 
-    let sy_port = free_port();
-    let sy_admin = free_port();
-    let cfg = dir.path().join("bench.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen: {{ proxy: \"127.0.0.1:{sy_port}\", admin: \"127.0.0.1:{sy_admin}\" }}\nserver: {{ threads: 2 }}\nproviders:\n  mock: {{ format: openai, base_url: \"http://127.0.0.1:{mock_port}/v1\", api_key: sk-provider }}\nmodels:\n  bench-model: {{ provider: mock, name: mock-model }}\nroutes:\n  - {{ name: bench, match: {{ model: \"bench-*\" }}, strategy: priority, targets: [bench-model] }}\n"
-        ),
-    )
-    .expect("write bench config");
-    let sy = Proc::spawn(
-        "switchyard",
-        Command::new(BIN).env("SWITCHYARD_LOG", "warn").args([
-            "proxy",
-            "--config",
-            cfg.to_str().unwrap_or_default(),
-        ]),
-    );
-    procs::wait_port(sy_port);
+    let (sy, sy_port) = start_proxy(dir.path(), "bench", mock_port, "");
 
     // The same proxy shipping usage events to a collector (SQLite, on this machine): its
     // CPU against the row above is what shipping costs (BENCH_EVENTS=0 leaves it out).
@@ -305,27 +287,12 @@ fn main() {
             Command::new(BIN).args(["collector", "--config", ccfg.to_str().unwrap_or_default()]),
         );
         procs::wait_port(collector_port);
-        let port = free_port();
-        let admin = free_port();
-        let cfg = dir.path().join("bench-events.yaml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "listen: {{ proxy: \"127.0.0.1:{port}\", admin: \"127.0.0.1:{admin}\" }}\nserver: {{ threads: 2 }}\nproviders:\n  mock: {{ format: openai, base_url: \"http://127.0.0.1:{mock_port}/v1\", api_key: sk-provider }}\nmodels:\n  bench-model: {{ provider: mock, name: mock-model }}\nroutes:\n  - {{ name: bench, match: {{ model: \"bench-*\" }}, strategy: priority, targets: [bench-model] }}\ntelemetry: {{ collector: \"http://127.0.0.1:{collector_port}\", token: bench-ingest, spool_dir: \"{}/spool\", compression: {} }}\n",
-                dir.path().display(),
-                std::env::var("BENCH_COMPRESSION").unwrap_or_else(|_| "zstd".into()),
-            ),
-        )
-        .expect("write bench config");
-        let proxy = Proc::spawn(
-            "switchyard with events",
-            Command::new(BIN).env("SWITCHYARD_LOG", "warn").args([
-                "proxy",
-                "--config",
-                cfg.to_str().unwrap_or_default(),
-            ]),
+        let telemetry = format!(
+            "telemetry: {{ collector: \"http://127.0.0.1:{collector_port}\", token: bench-ingest, spool_dir: \"{}/spool\", compression: {} }}\n",
+            dir.path().display(),
+            std::env::var("BENCH_COMPRESSION").unwrap_or_else(|_| "zstd".into()),
         );
-        procs::wait_port(port);
+        let (proxy, port) = start_proxy(dir.path(), "bench-events", mock_port, &telemetry);
         (collector, proxy, port)
     });
 
@@ -542,6 +509,31 @@ fn main() {
     }
     println!("\nJSON: {}", out_dir.join("load-latest.json").display());
     drop(mock);
+}
+
+/// A Switchyard on a one-route policy to the mock, `extra` appended to the policy; waits
+/// for its port.
+fn start_proxy(dir: &std::path::Path, name: &str, mock_port: u16, extra: &str) -> (Proc, u16) {
+    let port = free_port();
+    let admin = free_port();
+    let cfg = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: {{ proxy: \"127.0.0.1:{port}\", admin: \"127.0.0.1:{admin}\" }}\nserver: {{ threads: 2 }}\nproviders:\n  mock: {{ format: openai, base_url: \"http://127.0.0.1:{mock_port}/v1\", api_key: sk-provider }}\nmodels:\n  bench-model: {{ provider: mock, name: mock-model }}\nroutes:\n  - {{ name: bench, match: {{ model: \"bench-*\" }}, strategy: priority, targets: [bench-model] }}\n{extra}"
+        ),
+    )
+    .expect("write bench config");
+    let proc = Proc::spawn(
+        "switchyard",
+        Command::new(BIN).env("SWITCHYARD_LOG", "warn").args([
+            "proxy",
+            "--config",
+            cfg.to_str().unwrap_or_default(),
+        ]),
+    );
+    procs::wait_port(port);
+    (proc, port)
 }
 
 fn cpu_model() -> String {
