@@ -226,13 +226,6 @@ async fn rpm_admits_exactly_the_limit_of_a_burst() {
     );
 }
 
-/// A request whose body is ~3,000 bytes (an estimate of ~780 tokens at admission) of
-/// which the provider counts 10 prompt tokens: the padding is a field it ignores.
-fn padded() -> Value {
-    json!({"model": "small", "max_tokens": 10, "user": "x".repeat(3000),
-           "messages": [{"role": "user", "content": "Say hello."}]})
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn tpm_counts_the_estimate_at_admission_and_the_real_count_after() {
     let dir = tempfile::tempdir().unwrap();
@@ -245,14 +238,14 @@ async fn tpm_counts_the_estimate_at_admission_and_the_real_count_after() {
     // One after another, each settles to its 10 real tokens before the next asks: ten
     // fit, where ten estimates (~7,800) would not.
     for i in 0..10 {
-        let (status, _, v) = post(&sc, &padded(), None).await;
+        let (status, _, v) = post(&sc, &padded_body(), None).await;
         assert_eq!(status, 200, "request {i}: {v}");
         assert_eq!(v["usage"]["prompt_tokens"], 10);
     }
     // Five at once, held 500 ms upstream so none settles while the others ask: 100
     // settled + one estimate fit in 1,000; a second estimate does not.
     mock.set(json!({"chunks": 10, "latency_ms": 500})).await;
-    let got = burst(&sc, 5, &padded(), None).await;
+    let got = burst(&sc, 5, &padded_body(), None).await;
     assert_eq!(got, counts(&[("200", 1), ("429 rate_limited", 4)]));
     assert_eq!(
         sc.metric(r#"switchyard_rate_limit_rejections_total{level="team",limit="tpm"}"#)

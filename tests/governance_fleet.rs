@@ -40,6 +40,17 @@ governance: {{ redis: "{redis}", on_redis_down: closed, reservation_ttl: 3s }}
 
 /// Two sidecars on one policy, each in its own directory (`SPOOL_DIR` in the policy
 /// becomes a spool of its own there).
+/// Two sidecars on the machine's Redis, both of one fresh team with these `limits`.
+fn one_team_on_two_sidecars(dir: &Path, mock: &Mock, limits: &str) -> (Sidecar, Sidecar) {
+    let team = unique("research");
+    let body = policy(
+        mock,
+        MACHINE_REDIS,
+        &format!("identity: {{ team: {team} }}\nteams:\n  {team}: {{ limits: {{ {limits} }} }}\n"),
+    );
+    two_sidecars(dir, &body)
+}
+
 fn two_sidecars(dir: &Path, body: &str) -> (Sidecar, Sidecar) {
     let start = |name: &str| {
         let d = dir.join(name);
@@ -197,13 +208,7 @@ async fn a_key_budget_under_a_team_budget_across_two_sidecars() {
 async fn rpm_across_two_sidecars_admits_exactly_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let mock = Mock::start(dir.path(), &["--chunks", "10"]);
-    let team = unique("research");
-    let body = policy(
-        &mock,
-        MACHINE_REDIS,
-        &format!("identity: {{ team: {team} }}\nteams:\n  {team}: {{ limits: {{ rpm: 60 }} }}\n"),
-    );
-    let (a, b) = two_sidecars(dir.path(), &body);
+    let (a, b) = one_team_on_two_sidecars(dir.path(), &mock, "rpm: 60");
     let got = burst(&a, &b, 100, None).await;
     assert_eq!(got, counts(&[("200", 60), ("429 rate_limited", 40)]));
 }
@@ -212,16 +217,8 @@ async fn rpm_across_two_sidecars_admits_exactly_the_limit() {
 async fn tpm_across_two_sidecars_settles_to_real_counts() {
     let dir = tempfile::tempdir().unwrap();
     let mock = Mock::start(dir.path(), &["--chunks", "10"]);
-    let team = unique("research");
-    let body = policy(
-        &mock,
-        MACHINE_REDIS,
-        &format!("identity: {{ team: {team} }}\nteams:\n  {team}: {{ limits: {{ tpm: 1000 }} }}\n"),
-    );
-    let (a, b) = two_sidecars(dir.path(), &body);
-    // ~3,000 bytes (~780 tokens estimated), 10 tokens counted by the provider.
-    let padded = json!({"model": "small", "max_tokens": 10, "user": "x".repeat(3000),
-                        "messages": [{"role": "user", "content": "Say hello."}]});
+    let (a, b) = one_team_on_two_sidecars(dir.path(), &mock, "tpm: 1000");
+    let padded = padded_body();
     let send = |sc: &Sidecar| {
         client()
             .post(format!("{}/v1/chat/completions", sc.url()))
