@@ -3,8 +3,10 @@
 //!
 //! Layout: `DIR/seg-<id>.log` segment files, appended by one writer and read oldest first
 //! by the shipper; `DIR/cursor` (segment and offset acknowledged so far); `DIR/lock`
-//! (flock: one process per spool). A record is `len: u32 LE | crc32(payload): u32 LE |
-//! payload` (one event's JSON). A segment is deleted only once every record in it was
+//! (flock: one process per spool). A record is `len: u32 LE | checksum(payload): u32 LE |
+//! payload` (one event's JSON). The checksum is CRC-32C (the SSE4.2 instruction), marked by
+//! the length's top bit; records without the mark, from versions before it, carry the
+//! IEEE CRC-32 and still read. A segment is deleted only once every record in it was
 //! acknowledged by the collector. After a crash, a record whose checksum fails or whose
 //! length runs past the end of its segment (a torn tail) is counted and skipped.
 
@@ -17,6 +19,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 const HEADER: usize = 8;
+/// Set in a record's length: its checksum is CRC-32C, not the IEEE CRC-32 of old records.
+/// Far above `MAX_RECORD`, so no length of either kind can be taken for the other.
+const CASTAGNOLI: u32 = 1 << 31;
 /// How much of a segment one read takes (more when a single record is larger).
 const READ_CHUNK: usize = 1 << 20;
 /// Larger than any event by far: a length above it is corruption, not a record.
@@ -115,8 +120,8 @@ impl Frames {
             self.rejected += 1;
             return;
         }
-        let crc = crc32fast::hash(&self.buf[start + HEADER..]);
-        self.buf[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+        let crc = crc32c::crc32c(&self.buf[start + HEADER..]);
+        self.buf[start..start + 4].copy_from_slice(&(len as u32 | CASTAGNOLI).to_le_bytes());
         self.buf[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
         self.ends.push(self.buf.len());
     }
@@ -584,7 +589,8 @@ fn record(bytes: &[u8], at: usize) -> Record<'_> {
     if rest.len() < HEADER {
         return Record::Short { need: HEADER };
     }
-    let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    let word = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+    let len = (word & !CASTAGNOLI) as usize;
     let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
     if len == 0 || len > MAX_RECORD {
         return Record::Torn;
@@ -594,7 +600,12 @@ fn record(bytes: &[u8], at: usize) -> Record<'_> {
     }
     let payload = &rest[HEADER..HEADER + len];
     let next = at + HEADER + len;
-    if crc32fast::hash(payload) != crc {
+    let sum = if word & CASTAGNOLI != 0 {
+        crc32c::crc32c(payload)
+    } else {
+        crc32fast::hash(payload)
+    };
+    if sum != crc {
         return Record::Corrupt { next };
     }
     Record::Ok { payload, next }
@@ -726,6 +737,32 @@ mod tests {
         spool.ack(b.end, 2);
         // The damaged segment was behind the cursor: gone.
         assert!(!seg.exists());
+    }
+
+    #[test]
+    fn records_from_before_crc32c_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        // A segment as versions before CRC-32C wrote it: unmarked length, IEEE CRC-32, and
+        // one such record damaged.
+        let mut old = Vec::new();
+        for (i, payload) in events(3, 0).iter().enumerate() {
+            old.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            let crc = crc32fast::hash(payload) ^ u32::from(i == 1);
+            old.extend_from_slice(&crc.to_le_bytes());
+            old.extend_from_slice(payload);
+        }
+        fs::write(segment_path(dir.path(), 1), &old).unwrap();
+        let (spool, damage) = Spool::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(damage.corrupt_records, 1);
+        spool.append(&events(1, 3)).unwrap();
+        let (b, _) = spool.read(10).unwrap();
+        assert_eq!(lines(&b), ["{\"n\":0}", "{\"n\":2}", "{\"n\":3}"]);
+        // New records carry the mark and a CRC-32C.
+        let new = fs::read(segment_path(dir.path(), 2)).unwrap();
+        let word = u32::from_le_bytes(new[..4].try_into().unwrap());
+        assert_eq!(word, 7 | CASTAGNOLI);
+        let crc = u32::from_le_bytes(new[4..8].try_into().unwrap());
+        assert_eq!(crc, crc32c::crc32c(b"{\"n\":3}"));
     }
 
     #[test]
