@@ -68,6 +68,19 @@ fn same_secrets(a: &crate::policy::Policy, b: &crate::policy::Policy) -> bool {
             .all(|(x, y)| x.auth == y.auth && x.extra_headers == y.extra_headers)
 }
 
+/// Whether a change in the watched directory can have changed the policy: the file itself
+/// (written, or renamed into place by an editor) or a Kubernetes ConfigMap's `..data`
+/// symlink and the `..<timestamp>` directories it points to. Other files there (a log, a
+/// database, a spool) would otherwise cost a parse of the whole policy each time they are
+/// written. An event without paths is taken to concern it.
+fn concerns_policy(paths: &[std::path::PathBuf], policy: Option<&std::ffi::OsStr>) -> bool {
+    paths.is_empty()
+        || paths.iter().any(|p| match p.file_name() {
+            Some(n) => Some(n) == policy || n.as_encoded_bytes().starts_with(b".."),
+            None => true,
+        })
+}
+
 /// Runs forever on the current tokio runtime: file watcher plus SIGHUP.
 pub async fn watch(state: Arc<State>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
@@ -78,9 +91,10 @@ pub async fn watch(state: Arc<State>) {
         .unwrap_or(Path::new("."))
         .to_path_buf();
     let file_tx = tx.clone();
+    let name = state.config_path.file_name().map(|n| n.to_os_string());
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            if !ev.kind.is_access() {
+            if !ev.kind.is_access() && concerns_policy(&ev.paths, name.as_deref()) {
                 let _ = file_tx.send(());
             }
         }
@@ -123,5 +137,34 @@ pub async fn watch(state: Arc<State>) {
         if let Err(e) = tokio::task::spawn_blocking(move || reload(&st)).await {
             tracing::error!("reload task failed: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::concerns_policy;
+    use std::ffi::OsStr;
+    use std::path::PathBuf;
+
+    #[test]
+    fn only_the_policy_and_configmap_swaps_trigger_a_reload() {
+        let name = Some(OsStr::new("policy.yaml"));
+        let at = |p: &str| vec![PathBuf::from(p)];
+        assert!(concerns_policy(&at("/etc/sy/policy.yaml"), name));
+        // An editor's temporary file renamed into place: the event names both.
+        let rename = vec![
+            PathBuf::from("/etc/sy/.policy.yaml.swp"),
+            PathBuf::from("/etc/sy/policy.yaml"),
+        ];
+        assert!(concerns_policy(&rename, name));
+        assert!(concerns_policy(&at("/etc/sy/..data"), name));
+        assert!(concerns_policy(
+            &at("/etc/sy/..2026_12_03_15_00_00.123"),
+            name
+        ));
+        assert!(concerns_policy(&[], name));
+        assert!(!concerns_policy(&at("/etc/sy/usage.db-wal"), name));
+        assert!(!concerns_policy(&at("/etc/sy/proxy.log"), name));
+        assert!(!concerns_policy(&at("/etc/sy/policy.yaml.bak"), name));
     }
 }
