@@ -241,6 +241,28 @@ async fn events_flow(database: &str) {
     assert_eq!(research["per"], "day");
     assert_eq!(research["requests"], 30);
     assert_eq!(research["budget_usd"], 10);
+
+    // A model no route knows: refused, and its event still names what was asked for.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", sidecar.url()))
+        .json(&chat_body("no-such-model", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    collector
+        .wait_requests(31, "the refusal's event stored")
+        .await;
+    let (_, page) = collector.get(ADMIN_TOKEN, "/v1/events?limit=100").await;
+    let page: serde_json::Value = serde_json::from_str(&page).unwrap();
+    let refused = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["error_code"] == "model_not_found")
+        .expect("the refusal's event");
+    assert_eq!(refused["requested_model"], "no-such-model", "{refused}");
+    assert_eq!(refused["status"], 404, "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -370,10 +370,6 @@ impl Switchyard {
         } else {
             rewrite::probe(&body)?
         };
-        if let Some(p) = &probe {
-            ctx.record.requested_model = Some(Arc::from(p.model.as_str()));
-            ctx.record.stream = p.stream;
-        }
 
         let path = accept::path_only(&path_and_query);
         let headers = &session.req_header().headers;
@@ -389,10 +385,10 @@ impl Switchyard {
             score: None,
         };
         let seen = &self.state.observed;
-        let plan = match (&probe, host_provider) {
-            (Some(p), _) => route::plan(policy, seen, &route_input(&p.model, p.max_tokens))?,
+        let planned = match (&probe, host_provider) {
+            (Some(p), _) => route::plan(policy, seen, &route_input(&p.model, p.max_tokens)),
             // A model-less call to a provider's own host (GET /v1/models, files…) goes to it.
-            (None, Some(p)) => exchange::direct_plan(p),
+            (None, Some(p)) => Ok(exchange::direct_plan(p)),
             (None, None) => {
                 return Err(ProxyError::new(
                     ErrorCode::InvalidRequest,
@@ -404,6 +400,19 @@ impl Switchyard {
                 .into())
             }
         };
+        if let Some(p) = &probe {
+            // The catalog's own name when the client asked for one of the plan's targets (the
+            // usual case): nothing allocated here and freed on the spool writer's thread.
+            let named = planned.as_ref().ok().and_then(|plan| {
+                plan.attempts
+                    .iter()
+                    .find(|a| *a.model_label == *p.model)
+                    .map(|a| a.model_label.clone())
+            });
+            ctx.record.requested_model = Some(named.unwrap_or_else(|| Arc::from(p.model.as_str())));
+            ctx.record.stream = p.stream;
+        }
+        let plan = planned?;
         let plan = match &probe {
             Some(p) => {
                 self.admit(ctx, policy, p, body.len(), plan, |to| {
