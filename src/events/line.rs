@@ -273,7 +273,13 @@ impl Line<'_> {
     }
 
     fn num(&mut self, n: u64) {
-        self.raw(itoa::Buffer::new().format(n));
+        // Most of an event's counts are one digit (attempts, the token kinds a request did
+        // not use): one byte, without itoa's buffer and copy.
+        if n < 10 {
+            self.0.push(b'0' + n as u8);
+        } else {
+            self.raw(itoa::Buffer::new().format(n));
+        }
     }
 
     fn field_str(&mut self, key: &str, v: &str) {
