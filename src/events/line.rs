@@ -264,14 +264,18 @@ fn needs_escape(s: &[u8]) -> bool {
     !chunks.remainder().is_empty() && flagged(&s[s.len() - 8..])
 }
 
-/// A JSON line being written; keys are whole literals made by `key!`.
+/// A JSON line being written; keys are whole literals made by `key!`. The small writers
+/// are always inlined so that each key's length is a constant where it is copied: a few
+/// moves instead of a call to `memcpy` (about half of what writing a line cost).
 struct Line<'a>(&'a mut Vec<u8>);
 
 impl Line<'_> {
+    #[inline(always)]
     fn raw(&mut self, s: &str) {
         self.0.extend_from_slice(s.as_bytes());
     }
 
+    #[inline(always)]
     fn num(&mut self, n: u64) {
         // Most of an event's counts are one digit (attempts, the token kinds a request did
         // not use): one byte, without itoa's buffer and copy.
@@ -282,16 +286,19 @@ impl Line<'_> {
         }
     }
 
+    #[inline(always)]
     fn field_str(&mut self, key: &str, v: &str) {
         self.raw(key);
         self.string(v);
     }
 
+    #[inline(always)]
     fn field_num(&mut self, key: &str, n: u64) {
         self.raw(key);
         self.num(n);
     }
 
+    #[inline(always)]
     fn field_bool(&mut self, key: &str, b: bool) {
         self.raw(key);
         self.raw(if b { "true" } else { "false" });
