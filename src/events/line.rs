@@ -266,7 +266,7 @@ fn needs_escape(s: &[u8]) -> bool {
 
 /// A JSON line being written; keys are whole literals made by `key!`. The small writers
 /// are always inlined so that each key's length is a constant where it is copied: a few
-/// moves instead of a call to `memcpy` (about half of what writing a line cost).
+/// moves instead of a call to `memcpy` (0.24k fewer instructions a line).
 struct Line<'a>(&'a mut Vec<u8>);
 
 impl Line<'_> {
