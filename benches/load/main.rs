@@ -213,11 +213,20 @@ async fn saturate(addr: &str, req: Arc<Vec<u8>>, conns: usize, secs: u64) -> Sam
 
 struct Target {
     path: &'static str,
+    /// `127.0.0.1:port`, also the requests' Host.
     addr: String,
-    host: String,
-    url_path: &'static str,
     /// The hop under test (None for direct), whose CPU and memory are measured.
     pid: Option<u32>,
+}
+
+impl Target {
+    fn on(path: &'static str, port: u16, pid: Option<u32>) -> Target {
+        Target {
+            path,
+            addr: format!("127.0.0.1:{port}"),
+            pid,
+        }
+    }
 }
 
 fn row(
@@ -319,37 +328,13 @@ fn main() {
     let idle_sy = procs::rss_mb(sy.pid());
     let idle_nginx = nginx.as_ref().map(|(p, _)| procs::rss_mb(p.pid()));
 
-    let mut targets = vec![Target {
-        path: "direct",
-        addr: format!("127.0.0.1:{mock_port}"),
-        host: format!("127.0.0.1:{mock_port}"),
-        url_path: "/v1/chat/completions",
-        pid: None,
-    }];
+    let mut targets = vec![Target::on("direct", mock_port, None)];
     if let Some((p, port)) = &nginx {
-        targets.push(Target {
-            path: "nginx",
-            addr: format!("127.0.0.1:{port}"),
-            host: format!("127.0.0.1:{port}"),
-            url_path: "/v1/chat/completions",
-            pid: Some(p.pid()),
-        });
+        targets.push(Target::on("nginx", *port, Some(p.pid())));
     }
-    targets.push(Target {
-        path: "switchyard",
-        addr: format!("127.0.0.1:{sy_port}"),
-        host: format!("127.0.0.1:{sy_port}"),
-        url_path: "/v1/chat/completions",
-        pid: Some(sy.pid()),
-    });
+    targets.push(Target::on("switchyard", sy_port, Some(sy.pid())));
     if let Some((_, proxy, port)) = &events {
-        targets.push(Target {
-            path: "sy+events",
-            addr: format!("127.0.0.1:{port}"),
-            host: format!("127.0.0.1:{port}"),
-            url_path: "/v1/chat/completions",
-            pid: Some(proxy.pid()),
-        });
+        targets.push(Target::on("sy+events", *port, Some(proxy.pid())));
     }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -360,7 +345,7 @@ fn main() {
     let mut rows = Vec::new();
     for w in workloads() {
         for t in &targets {
-            let req = Arc::new(client::post(&t.host, t.url_path, &w.body));
+            let req = Arc::new(client::post(&t.addr, "/v1/chat/completions", &w.body));
             // Warm up connections and caches.
             rt.block_on(fixed_rate(&t.addr, req.clone(), rate.min(200), 1));
             let cpu0 = t.pid.map(procs::cpu_seconds);
