@@ -105,15 +105,8 @@ fn start_events(state: &Arc<State>, settings: &crate::events::Settings) -> Resul
 /// Every `governance.refresh`, with the collector the events go to (and their ingest
 /// token): the period's spend of each budget the policy names, into the governor; and,
 /// without Redis, this sidecar's reservations, out to the collector's `/v1/budgets`.
-async fn refresh_budgets(state: Arc<State>) {
+async fn refresh_budgets(state: Arc<State>, mut client: Option<reqwest::Client>) {
     use crate::governance::sync;
-    let client = match reqwest::Client::builder().no_proxy().build() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("budget refresh: cannot build an HTTP client: {e}");
-            return;
-        }
-    };
     // This process's name in the collector's reservations: its pod and a random part, so
     // a restarted sidecar's report never mixes with its previous life's.
     let sidecar = format!("{}/{:016x}", state.policy.load().pod.pod, fastrand::u64(..));
@@ -122,7 +115,11 @@ async fn refresh_budgets(state: Arc<State>) {
     loop {
         let policy = state.policy.load_full();
         let refresh = policy.governance_settings.refresh;
-        if let Some(t) = &policy.telemetry {
+        let made = policy
+            .telemetry
+            .as_ref()
+            .and_then(|_| client_for(&mut client));
+        if let (Some(t), Some(client)) = (&policy.telemetry, made) {
             let mut result = Ok(());
             for per in sync::periods(&policy.governance) {
                 match sync::fetch(&client, &t.collector, t.token.as_deref(), per).await {
@@ -168,6 +165,18 @@ async fn refresh_budgets(state: Arc<State>) {
     }
 }
 
+/// The budget refresher's HTTP client, made on first need: building one loads the system CA
+/// bundle (some 20M instructions), which a sidecar without a collector never needs.
+fn client_for(client: &mut Option<reqwest::Client>) -> Option<reqwest::Client> {
+    if client.is_none() {
+        match reqwest::Client::builder().no_proxy().build() {
+            Ok(c) => *client = Some(c),
+            Err(e) => tracing::error!("budget refresh: cannot build an HTTP client: {e}"),
+        }
+    }
+    client.clone()
+}
+
 /// A small runtime of our own for the reload watcher, the readiness probe, and the sweeper
 /// of idle upstream connections.
 fn spawn_background(state: Arc<State>, proxy_addr: String, pool: Arc<Pool>) -> Result<(), String> {
@@ -194,6 +203,11 @@ fn spawn_background(state: Arc<State>, proxy_addr: String, pool: Arc<Pool>) -> R
         })
         .map_err(|e| format!("cannot start the reload thread: {e}"))?;
     let st = state.clone();
+    // With a collector from the start, the client is made now, before the sidecar is ready.
+    let mut client = None;
+    if st.policy.load().telemetry.is_some() {
+        client_for(&mut client);
+    }
     std::thread::Builder::new()
         .name("budget-refresh".into())
         .spawn(move || {
@@ -201,7 +215,7 @@ fn spawn_background(state: Arc<State>, proxy_addr: String, pool: Arc<Pool>) -> R
                 .enable_all()
                 .build()
             {
-                Ok(rt) => rt.block_on(refresh_budgets(st)),
+                Ok(rt) => rt.block_on(refresh_budgets(st, client)),
                 Err(e) => tracing::error!("cannot start the budget refresh runtime: {e}"),
             }
         })
