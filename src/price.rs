@@ -98,14 +98,25 @@ pub fn write_usd(atto: Atto, out: &mut Vec<u8>) {
         Err(_) => out.extend_from_slice(itoa::Buffer::new().format(whole).as_bytes()),
     }
     if frac != 0 {
-        // The fraction's 18 digits: itoa's, behind the zeros they lack, without the
-        // zeros they end with.
+        // The fraction's 18 digits without the zeros they end with (a price in
+        // picodollars leaves at least six): those first, in halving steps, so that itoa
+        // prints only the significant digits; then the zeros they lack in front.
+        let (mut f, mut digits) = (frac, 18);
+        while f % 100_000_000 == 0 {
+            f /= 100_000_000;
+            digits -= 8;
+        }
+        for (p, n) in [(10_000, 4), (100, 2), (10, 1)] {
+            if f % p == 0 {
+                f /= p;
+                digits -= n;
+            }
+        }
         let mut itoa = itoa::Buffer::new();
-        let text = itoa.format(frac).as_bytes();
-        let significant = text.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1);
+        let text = itoa.format(f).as_bytes();
         out.push(b'.');
-        out.extend_from_slice(&b"000000000000000000"[..18 - text.len()]);
-        out.extend_from_slice(&text[..significant]);
+        out.extend_from_slice(&b"000000000000000000"[..digits - text.len()]);
+        out.extend_from_slice(text);
     }
 }
 
@@ -282,6 +293,21 @@ mod tests {
         assert_eq!(pico_per_mtok(f64::NAN), None);
         assert_eq!(pico_per_mtok(1e30), None);
         assert_eq!(usd_decimal(0), "0");
+        // Every count of trailing zeros, against the arithmetic's own text.
+        for zeros in 0..18 {
+            for digits in [1u128, 7, 12, 305, 100_000_001] {
+                let atto = digits * 10u128.pow(zeros);
+                let whole = atto / ATTO_PER_USD;
+                let frac = format!("{:018}", atto % ATTO_PER_USD);
+                let frac = frac.trim_end_matches('0');
+                let want = if frac.is_empty() {
+                    whole.to_string()
+                } else {
+                    format!("{whole}.{frac}")
+                };
+                assert_eq!(usd_decimal(atto), want, "{atto}");
+            }
+        }
         // Both sides of the u64 fast path.
         assert_eq!(usd_decimal(u128::from(u64::MAX)), "18.446744073709551615");
         assert_eq!(
