@@ -5,7 +5,7 @@
 #
 #   benches/callgrind.sh [chat|stream|big] [binary]
 #   SHIPPING=1 benches/callgrind.sh chat [binary]   # with usage events shipped to a collector
-#   SHIPPING=1 COMPRESSION=none benches/callgrind.sh chat [binary]   # … as plain NDJSON
+#   SHIPPING=1 COMPRESSION=zstd benches/callgrind.sh chat [binary]   # … compressed (or gzip)
 #   GOVERNANCE=local benches/callgrind.sh chat [binary]   # admission: rpm, tpm and a budget
 #   GOVERNANCE=redis benches/callgrind.sh chat [binary]   # … decided by Redis (127.0.0.1:6379)
 #   STRATEGY=fastest benches/callgrind.sh chat [binary]   # a route of two targets chosen by
@@ -71,7 +71,7 @@ telemetry:
   collector: "http://127.0.0.1:9193"
   token: bench-ingest
   spool_dir: "$OUT/spool"
-  compression: ${COMPRESSION:-gzip}
+  compression: ${COMPRESSION:-none}
 EOF
   "$bin" collector --config "$OUT/collector.yaml" >"$OUT/collector.log" 2>&1 &
   collector=$!

@@ -4,7 +4,7 @@
 #
 #   benches/cpu.sh [binary]            # off, then on, three rounds each
 #   CONNS=1 COMPRESSION=gzip benches/cpu.sh [binary]   # one connection (the proxy not
-#     saturated), batches gzip instead of zstd (or none)
+#     saturated), batches gzip or zstd instead of plain NDJSON
 #
 # Proxy natively on loopback ports 9290-9293, the mock upstream, and with shipping a
 # collector on SQLite; wrk drives 2 KB chat completions at $CONNS (8) connections for 10 s
@@ -42,7 +42,7 @@ routes:
 Y
   if [ "$1" = on ]; then
     rm -rf "$OUT/spool"
-    printf 'telemetry: { collector: "http://127.0.0.1:9293", token: bench-ingest, spool_dir: "%s/spool", compression: %s }\n' "$OUT" "${COMPRESSION:-zstd}" >> "$OUT/policy.yaml"
+    printf 'telemetry: { collector: "http://127.0.0.1:9293", token: bench-ingest, spool_dir: "%s/spool", compression: %s }\n' "$OUT" "${COMPRESSION:-none}" >> "$OUT/policy.yaml"
   fi
   "$bin" proxy --config "$OUT/policy.yaml" >"$OUT/proxy-$1.log" 2>&1 &
   local proxy=$!

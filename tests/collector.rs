@@ -284,13 +284,13 @@ async fn collector_down_at_first_then_started() {
     let mock = Mock::start(dir.path(), &[]);
     let port = free_port();
     let spool = dir.path().join("spool");
-    // (Plain NDJSON here: the collector takes both.)
+    // (zstd here, gzip in the SIGKILL test; plain NDJSON, the default, everywhere else.)
     let sidecar = start_proxy(
         dir.path(),
         &policy(
             &mock,
             "research",
-            &telemetry_yaml(port, &spool, "  compression: none\n"),
+            &telemetry_yaml(port, &spool, "  compression: zstd\n"),
         ),
     );
     let mut used = traffic(&sidecar.url(), 20).await;
@@ -453,7 +453,7 @@ async fn sidecar_killed_mid_traffic_replays_its_spool() {
     let db = format!("sqlite://{}", dir.path().join("usage.db").display());
     let mut collector = Collector::start(dir.path(), &db);
     let spool = dir.path().join("spool");
-    // (gzip here: zstd, the default, goes through every other sidecar test.)
+    // (gzip here; zstd in the collector-down test; the default, plain, elsewhere.)
     let mut sidecar = start_proxy(
         dir.path(),
         &policy(
@@ -550,7 +550,7 @@ async fn the_same_batch_twice_is_stored_once() {
         again,
         serde_json::json!({"stored": 0, "duplicates": 40, "rejected": 2})
     );
-    // The same lines as zstd (what sidecars send by default) and as plain NDJSON.
+    // The same lines as zstd and as plain NDJSON (what sidecars send by default).
     let zstd = zstd::bulk::compress(text.as_bytes(), -3).unwrap();
     for (coding, body) in [("zstd", zstd), ("identity", text.clone().into_bytes())] {
         let (status, v) = post_encoded(&c, INGEST_TOKEN, coding, body).await;

@@ -8,7 +8,7 @@
 //! Run: `cargo bench --bench load` (see docs/benchmarks.md). Knobs, as environment
 //! variables: BENCH_RATE (default 500 req/s), BENCH_SECS (10), BENCH_SAT_SECS (5),
 //! BENCH_CONNS (32, saturation concurrency), BENCH_EVENTS (1; 0 leaves the events row
-//! out), BENCH_COMPRESSION (zstd, gzip or none: the events row's batches).
+//! out), BENCH_COMPRESSION (none, the default, zstd or gzip: the events row's batches).
 
 mod client;
 mod procs;
@@ -299,7 +299,7 @@ fn main() {
         let telemetry = format!(
             "telemetry: {{ collector: \"http://127.0.0.1:{collector_port}\", token: bench-ingest, spool_dir: \"{}/spool\", compression: {} }}\n",
             dir.path().display(),
-            std::env::var("BENCH_COMPRESSION").unwrap_or_else(|_| "zstd".into()),
+            std::env::var("BENCH_COMPRESSION").unwrap_or_else(|_| "none".into()),
         );
         let (proxy, port) = start_proxy(dir.path(), "bench-events", mock_port, &telemetry);
         (collector, proxy, port)

@@ -481,13 +481,13 @@ pub struct RawTelemetry {
     pub spool_max_bytes: u64,
     #[serde(default)]
     pub batch: RawBatch,
-    /// `zstd` (default), `gzip` or `none`: see `events::Compression`.
+    /// `none` (default), `zstd` or `gzip`: see `events::Compression`.
     #[serde(default = "default_compression")]
     pub compression: String,
 }
 
 fn default_compression() -> String {
-    "zstd".into()
+    "none".into()
 }
 
 fn default_spool_dir() -> String {
