@@ -763,7 +763,7 @@ mod tests {
         {
             let (spool, _) = Spool::open(dir.path(), 1 << 30).unwrap();
             spool.append(&events(3, 0)).unwrap();
-            // Only a crash garbles what this process wrote; this bench-made flip is read
+            // Only a crash garbles what this process wrote; this flip, made by the test, is read
             // as written (and the collector would reject such a line).
             flip_second_payload();
             let (b, damage) = spool.read(10).unwrap();
