@@ -29,7 +29,10 @@ for tool in valgrind wrk; do
 done
 [ -x "$bin" ] || { echo "no binary at $bin (cargo build --release first)"; exit 1; }
 
-cat > "$OUT/policy.yaml" <<EOF
+# The policy in a directory of its own: the reload watcher wakes for any file written beside
+# it (the spool, the collector's database), which a real deployment does not do.
+mkdir -p "$OUT/conf"
+cat > "$OUT/conf/policy.yaml" <<EOF
 listen: { proxy: "127.0.0.1:9191", admin: "127.0.0.1:9192" }
 server: { threads: 2 }
 providers:
@@ -37,21 +40,21 @@ providers:
 models:
   bench-model: { provider: mock, name: mock-model, price: { input: 0.15, output: 0.60 } }
 EOF
-[ -z "${STRATEGY:-}" ] || cat >> "$OUT/policy.yaml" <<EOF
+[ -z "${STRATEGY:-}" ] || cat >> "$OUT/conf/policy.yaml" <<EOF
   bench-model-2: { provider: mock, name: mock-model-2, quality: 80, price: { input: 2.5, output: 10 } }
 EOF
-echo "routes:" >> "$OUT/policy.yaml"
+echo "routes:" >> "$OUT/conf/policy.yaml"
 case "${STRATEGY:-}" in
   "") route='strategy: priority, targets: [bench-model]' ;;
   complexity) route='strategy: complexity, tiers: [ { model: bench-model, up_to: 0.5 }, bench-model-2 ]' ;;
   *) route="strategy: $STRATEGY, targets: [bench-model, bench-model-2]" ;;
 esac
-echo "  - { name: bench, match: { model: \"bench-*\" }, $route }" >> "$OUT/policy.yaml"
+echo "  - { name: bench, match: { model: \"bench-*\" }, $route }" >> "$OUT/conf/policy.yaml"
 if [ -n "${GOVERNANCE:-}" ]; then
   # Every level counted: an rpm log, a tpm window and a budget that never runs out.
   team="bench-$$-$RANDOM"
-  [ "$GOVERNANCE" = redis ] && echo 'governance: { redis: "redis://127.0.0.1:6379" }' >> "$OUT/policy.yaml"
-  cat >> "$OUT/policy.yaml" <<EOF
+  [ "$GOVERNANCE" = redis ] && echo 'governance: { redis: "redis://127.0.0.1:6379" }' >> "$OUT/conf/policy.yaml"
+  cat >> "$OUT/conf/policy.yaml" <<EOF
 identity: { team: $team }
 teams:
   $team: { limits: { rpm: 1000000, tpm: 1000000000 }, budget: { usd: 1000000, per: day } }
@@ -66,7 +69,7 @@ listen: 127.0.0.1:9193
 database: "sqlite://$OUT/usage.db"
 tokens: { ingest: ["sha256:$hash"] }
 EOF
-  cat >> "$OUT/policy.yaml" <<EOF
+  cat >> "$OUT/conf/policy.yaml" <<EOF
 telemetry:
   collector: "http://127.0.0.1:9193"
   token: bench-ingest
@@ -92,7 +95,7 @@ EOF
 "$bin" mock-upstream --port 9190 --chunks 16 >"$OUT/mock.log" 2>&1 &
 mock=$!
 valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.%p" \
-  "$bin" proxy --config "$OUT/policy.yaml" >"$OUT/proxy.log" 2>&1 &
+  "$bin" proxy --config "$OUT/conf/policy.yaml" >"$OUT/proxy.log" 2>&1 &
 proxy=$!
 trap 'kill $proxy $mock ${collector:-} 2>/dev/null || true' EXIT
 for _ in $(seq 120); do

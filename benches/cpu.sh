@@ -13,6 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${1:-${CARGO_TARGET_DIR:-$PWD/target}/release/switchyard}"
 OUT="${OUT:-$(mktemp -d)}"
+# The policy in a directory of its own (see callgrind.sh).
+mkdir -p "$OUT/conf"
 command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null
 hash=$(printf %s bench-ingest | sha256sum | cut -d' ' -f1)
 printf 'listen: 127.0.0.1:9293\ndatabase: "sqlite://%s/usage.db"\ntokens: { ingest: ["sha256:%s"] }\n' \
@@ -30,7 +32,7 @@ trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 run() {  # $1 = off|on
-  cat > "$OUT/policy.yaml" <<Y
+  cat > "$OUT/conf/policy.yaml" <<Y
 listen: { proxy: "127.0.0.1:9291", admin: "127.0.0.1:9292" }
 server: { threads: 2 }
 providers:
@@ -42,9 +44,9 @@ routes:
 Y
   if [ "$1" = on ]; then
     rm -rf "$OUT/spool"
-    printf 'telemetry: { collector: "http://127.0.0.1:9293", token: bench-ingest, spool_dir: "%s/spool", compression: %s }\n' "$OUT" "${COMPRESSION:-none}" >> "$OUT/policy.yaml"
+    printf 'telemetry: { collector: "http://127.0.0.1:9293", token: bench-ingest, spool_dir: "%s/spool", compression: %s }\n' "$OUT" "${COMPRESSION:-none}" >> "$OUT/conf/policy.yaml"
   fi
-  "$bin" proxy --config "$OUT/policy.yaml" >"$OUT/proxy-$1.log" 2>&1 &
+  "$bin" proxy --config "$OUT/conf/policy.yaml" >"$OUT/proxy-$1.log" 2>&1 &
   local proxy=$!
   for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:9292/readyz && break; sleep 0.1; done
   local url=http://127.0.0.1:9291/v1/chat/completions

@@ -283,11 +283,15 @@ fn main() {
             hex::encode(sha2::Sha256::digest(b"bench-ingest"))
         };
         let ccfg = dir.path().join("collector.yaml");
+        // The database out of the policies' directory: their reload watchers would wake
+        // for each of its writes, which a real deployment does not do.
+        let db = dir.path().join("collector");
+        std::fs::create_dir_all(&db).expect("collector directory");
         std::fs::write(
             &ccfg,
             format!(
                 "listen: 127.0.0.1:{collector_port}\ndatabase: \"sqlite://{}/usage.db\"\ntokens: {{ ingest: [\"sha256:{hash}\"] }}\n",
-                dir.path().display()
+                db.display()
             ),
         )
         .expect("write collector config");
