@@ -270,6 +270,26 @@ def features(body):
     return [v[n] for n in NAMES]
 
 
+# ------------------------------------------------------------------ hand weights (untrained)
+# The shipped scorer's weights, as route/complexity.rs has them (its tests hold the two equal
+# through fixtures.jsonl).
+# Logit contribution per unit of the RAW feature.  Set from priors: "a typical strong signal of
+# this kind adds ~0.3-0.7 logits"; doubling the prompt adds 0.69.  HAND_V0 is the a-priori
+# version; HAND (shipped) differs in ONE number, num_density 3.0 -> 1.0, changed after seeing
+# that on MMLU numeric multiple-choice questions are hard for BOTH models (no chain of thought),
+# so a large numeric weight costs MMLU 0.016 APGR; 1.0 keeps numbers as a tie-breaker that
+# still lifts math questions above chit-chat in mixed traffic.  Structural weights cannot be
+# checked on MMLU (zero variance there) and are pure priors.
+HAND_V0 = dict(
+    log_chars=1.0, num_density=3.0, math_density=0.2, latex=0.3, code_density=0.15,
+    calc_kw=0.4, reason_kw=0.4, code_kw=0.3, simple_kw=-0.6, neg_kw=0.1, cond_kw=0.2,
+    pronoun_share=4.0,
+    extra_turns=0.3, context_chars=0.05, system_chars=0.05, tools=0.3, json_out=0.3,
+    max_tokens=0.15, images=0.5)
+HAND = dict(HAND_V0, num_density=1.0)
+HAND_INTERCEPT = -6.0          # score 0.5 at a plain ~400-byte prompt
+
+
 def score(body, weights):
     """weights: {"intercept": b, "w": {name: weight}} on RAW features. Returns sigmoid."""
     x = features(body)

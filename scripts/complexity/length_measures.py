@@ -2,41 +2,27 @@
 bytes, words, distinct words, sentences, each alone, and the shipped scorer's weights with
 ln(1 + bytes) or ln(1 + words) as its length term.
 
-    python3 scripts/complexity/length_measures.py [path/to/routing-eval]
+    python3 scripts/complexity/length_measures.py     # ROUTING_EVAL=... for another place
 """
-import json
 import math
 import os
-import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import evalset  # noqa: E402
 import features as F  # noqa: E402
 
-DATA = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "routing-eval")
-EVAL = os.path.join(DATA, "mmlu.jsonl")
 
-# The shipped scorer's text weights beside its length term (route/complexity.rs); the
-# request-shape features are the same for every MMLU row, so they do not change the order.
-SHIPPED = {"num_density": 1.0, "math_density": 0.2, "latex": 0.3, "code_density": 0.15,
-           "calc_kw": 0.4, "reason_kw": 0.4, "code_kw": 0.3, "simple_kw": -0.6,
-           "neg_kw": 0.1, "cond_kw": 0.2, "pronoun_share": 4.0}
-
-
-def apgr(name, scores):
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-        f.write("\n".join(f"{s:.6f}" for s in scores) + "\n")
-    out = subprocess.run([sys.executable, os.path.join(DATA, "score.py"), EVAL, f.name],
-                         capture_output=True, text=True, check=True).stdout
-    os.unlink(f.name)
-    r = json.loads(out)
+def show(name, rows, scores):
+    r = evalset.evaluate(rows, scores)
     print(f"{name:32s} APGR {r['APGR']:.4f}  CPT(50%) {r['CPT50']:.1f}  CPT(80%) {r['CPT80']:.1f}")
 
 
 def main():
-    rows = [json.loads(line) for line in open(EVAL) if line.strip()]
+    rows = evalset.rows()
+    # The shipped weights but its length term; the request-shape features are the same for
+    # every MMLU row, so they do not change the order.
+    text_weights = {k: w for k, w in F.HAND.items() if k in F.TEXT_FEATURES and k != "log_chars"}
     cols = {k: [] for k in ("bytes", "words", "distinct", "sentences", "rest")}
     for r in rows:
         text = r["prompt"]
@@ -48,11 +34,11 @@ def main():
         cols["words"].append(c["words"])
         cols["distinct"].append(len(set(words)))
         cols["sentences"].append(c["sent_ends"])
-        cols["rest"].append(sum(w * v[k] for k, w in SHIPPED.items()))
+        cols["rest"].append(sum(w * v[k] for k, w in text_weights.items()))
     for k in ("bytes", "words", "distinct", "sentences"):
-        apgr(k + " alone", cols[k])
+        show(k + " alone", rows, cols[k])
     for k in ("bytes", "words"):
-        apgr(f"shipped, ln(1 + {k})",
+        show(f"shipped, ln(1 + {k})", rows,
              [math.log1p(n) + rest for n, rest in zip(cols[k], cols["rest"])])
 
 

@@ -3,29 +3,23 @@
 way"): each alone, negated, and z-scored onto ln(1 + length) with a fixed weight. Scored by
 the evaluation's own score.py. Standard library only.
 
-    python3 scripts/complexity/readability.py [../shared/routing-eval]
+    python3 scripts/complexity/readability.py     # ROUTING_EVAL=... for another place
 """
-import json
 import math
+import os
 import re
-import subprocess
 import sys
-import tempfile
 import zlib
-from pathlib import Path
 
-EVAL = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parents[3] / "shared/routing-eval")
-DATA = EVAL / "mmlu.jsonl"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import evalset  # noqa: E402
+
 WORD = re.compile(r"[A-Za-z]+")
+ROWS = evalset.rows()
 
 
 def apgr(scores):
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-        f.write("\n".join(map(str, scores)))
-    out = subprocess.run([sys.executable, str(EVAL / "score.py"), str(DATA), f.name],
-                         capture_output=True, text=True, check=True).stdout
-    m = re.search(r"APGR[^0-9]*([0-9.]+)", out)
-    return float(m.group(1)) if m else float("nan")
+    return evalset.evaluate(ROWS, scores)["APGR"]
 
 
 def features(prompt):
@@ -48,7 +42,7 @@ def zscores(values):
     return [(v - mean) / sd for v in values]
 
 
-rows = [features(json.loads(line)["prompt"]) for line in DATA.open()]
+rows = [features(r["prompt"]) for r in ROWS]
 columns = {k: [r[k] for r in rows] for k in rows[0]}
 z = {k: zscores(v) for k, v in columns.items()}
 for name, values in columns.items():

@@ -11,31 +11,10 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# The routing-eval data sits beside the repository (../shared/routing-eval), or ROUTING_EVAL.
-EVAL_DIR = os.environ.get("ROUTING_EVAL") or os.path.join(HERE, "..", "..", "..", "shared", "routing-eval")
-EVAL = os.path.join(EVAL_DIR, "mmlu.jsonl")
-SCORER = os.path.join(EVAL_DIR, "score.py")
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.dirname(SCORER))
-import score as S                                  # noqa: E402
-from features import features, NAMES, TEXT_FEATURES, STRUCTURAL   # noqa: E402
+from evalset import EVAL, SCORER, score as S       # noqa: E402
+from features import features, NAMES, TEXT_FEATURES, STRUCTURAL, HAND, HAND_V0, HAND_INTERCEPT  # noqa: E402
 
-# ------------------------------------------------------------------ hand weights (untrained)
-# Logit contribution per unit of the RAW feature.  Set from priors: "a typical strong signal of
-# this kind adds ~0.3-0.7 logits"; doubling the prompt adds 0.69.  HAND_V0 is the a-priori
-# version; HAND (shipped) differs in ONE number, num_density 3.0 -> 1.0, changed after seeing
-# that on MMLU numeric multiple-choice questions are hard for BOTH models (no chain of thought),
-# so a large numeric weight costs MMLU 0.016 APGR; 1.0 keeps numbers as a tie-breaker that
-# still lifts math questions above chit-chat in mixed traffic.  Structural weights cannot be
-# checked on MMLU (zero variance there) and are pure priors.
-HAND_V0 = dict(
-    log_chars=1.0, num_density=3.0, math_density=0.2, latex=0.3, code_density=0.15,
-    calc_kw=0.4, reason_kw=0.4, code_kw=0.3, simple_kw=-0.6, neg_kw=0.1, cond_kw=0.2,
-    pronoun_share=4.0,
-    extra_turns=0.3, context_chars=0.05, system_chars=0.05, tools=0.3, json_out=0.3,
-    max_tokens=0.15, images=0.5)
-HAND = dict(HAND_V0, num_density=1.0)
-HAND_INTERCEPT = -6.0          # score 0.5 at a plain ~400-byte prompt
 
 GROUPS = {
     "length": ["log_chars"],
