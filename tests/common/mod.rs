@@ -10,11 +10,24 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
+/// A loopback port nobody listens on, and never one this test binary handed out before.
+/// The kernel may give a released port to the next `bind(0)`, so two tests starting at
+/// once could share it; Pingora retries a bind whose port is taken rather than failing,
+/// so one test's requests would reach the other's listener until it lets go (seen: a
+/// burst answered half by the test's proxy, half by another test's admin port with 405).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A child process killed on drop; its stderr goes to a log file kept for failures.
