@@ -10,24 +10,55 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
-/// A loopback port nobody listens on, and never one this test binary handed out before.
-/// The kernel may give a released port to the next `bind(0)`, so two tests starting at
-/// once could share it; Pingora retries a bind whose port is taken rather than failing,
-/// so one test's requests would reach the other's listener until it lets go (seen: a
-/// burst answered half by the test's proxy, half by another test's admin port with 405).
+/// A loopback port for a child process to listen on: free now, below the kernel's
+/// ephemeral range, and never one this test binary handed out before.
+///
+/// Below the ephemeral range, because a port only reserved (the collector a test starts
+/// later) or not yet bound (a child still starting) is otherwise fair game for any
+/// outgoing connection's local port, or for another test's `bind(0)`; Pingora retries a
+/// bind whose port is taken rather than failing, so one test's requests would reach
+/// another test's listener (seen: a burst answered half by the test's proxy, half by
+/// another test's admin port with 405; a mock upstream that never got its port, 502).
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("no free port");
-        if !given.contains(&port) {
-            given.push(port);
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = reserved_range();
+    let span = u32::from(high - low);
+    // Test binaries run one after another; each starts at its own place in the range so a
+    // port a previous binary's child still holds is not tried first.
+    let base = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = low + ((base + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+    panic!("no free port in {low}..{high}");
+}
+
+/// The ports tests may use: the larger gap outside `ip_local_port_range`, above 10000.
+fn reserved_range() -> (u16, u16) {
+    let eph = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            let mut it = t.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    let below = (10_000, eph.0.max(10_000));
+    let above = (eph.1.saturating_add(1).max(10_000), u16::MAX);
+    let width = |r: (u16, u16)| r.1.saturating_sub(r.0);
+    let best = if width(below) >= width(above) {
+        below
+    } else {
+        above
+    };
+    assert!(
+        width(best) >= 1000,
+        "no port range outside the ephemeral one: {eph:?}"
+    );
+    best
 }
 
 /// A child process killed on drop; its stderr goes to a log file kept for failures.

@@ -1,4 +1,5 @@
 """Fixtures: the real switchyard binary (mock upstream + proxy) on loopback ports."""
+import itertools
 import json
 import os
 import socket
@@ -21,10 +22,36 @@ def binary() -> str:
     return str(Path(target) / "ci" / "switchyard")
 
 
+def _reserved_range() -> tuple[int, int]:
+    """The ports tests may use: the larger gap outside the kernel's ephemeral range, where no
+    outgoing connection can take a port handed to a child that has not bound it yet."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(n) for n in f.read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    below = (10_000, max(low, 10_000))
+    above = (max(high + 1, 10_000), 65_535)
+    return max(below, above, key=lambda r: r[1] - r[0])
+
+
+_next = itertools.count((os.getpid() * 7919) % 1_000_000)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the ephemeral range, never the same one twice (see
+    tests/common/mod.rs for why)."""
+    low, high = _reserved_range()
+    for _ in range(high - low):
+        port = low + next(_next) % (high - low)
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}..{high}")
 
 
 def wait_http(url: str, timeout: float = 20.0) -> None:
