@@ -65,18 +65,30 @@ impl Handle {
     }
 }
 
+impl Handle {
+    fn new() -> Handle {
+        Handle(Arc::new(Shared {
+            wake: tokio::sync::Notify::new(),
+            draining: AtomicBool::new(false),
+            deadline: Mutex::new(None),
+            drained: (Mutex::new(false), Condvar::new()),
+        }))
+    }
+
+    /// A handle no shipper listens to, for tests of what feeds it.
+    #[cfg(test)]
+    pub(super) fn unattended() -> Handle {
+        Handle::new()
+    }
+}
+
 pub fn start(
     spool: Arc<Spool>,
     settings: &Settings,
     metrics: EventMetrics,
     current: Arc<dyn Fn() -> Option<Settings> + Send + Sync>,
 ) -> Result<Handle, String> {
-    let handle = Handle(Arc::new(Shared {
-        wake: tokio::sync::Notify::new(),
-        draining: AtomicBool::new(false),
-        deadline: Mutex::new(None),
-        drained: (Mutex::new(false), Condvar::new()),
-    }));
+    let handle = Handle::new();
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(30))

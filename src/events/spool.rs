@@ -1,12 +1,12 @@
 //! The spool: a write-ahead log of usage events on local disk, so that neither a dead
 //! collector nor a killed sidecar loses an event of a request that was answered.
 //!
-//! Layout: `DIR/seg-<id>.log` segment files, appended by one writer and read oldest first
-//! by the shipper; `DIR/cursor` (segment and offset acknowledged so far); `DIR/lock`
-//! (flock: one process per spool). A record is `len: u32 LE | checksum(payload): u32 LE |
-//! payload` (one event's JSON). The checksum is CRC-32C (the SSE4.2 instruction), marked by
-//! the length's top bit; records without the mark, from versions before it, carry the
-//! IEEE CRC-32 and still read. A segment is deleted only once every record in it was
+//! Layout: `DIR/seg-<id>.log` segment files, appended by one writer at a time and read
+//! oldest first by the shipper; `DIR/cursor` (segment and offset acknowledged so far);
+//! `DIR/lock` (flock: one process per spool). A record is `len: u32 LE |
+//! checksum(payload): u32 LE | payload` (one event's JSON). The checksum is CRC-32C (the
+//! SSE4.2 instruction), marked by the length's top bit; records without the mark, from
+//! versions before it, carry the IEEE CRC-32 and still read. A segment is deleted only once every record in it was
 //! acknowledged by the collector. After a crash, a record whose checksum fails or whose
 //! length runs past the end of its segment (a torn tail) is counted and skipped.
 
@@ -16,7 +16,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
 const HEADER: usize = 8;
 /// Set in a record's length: its checksum is CRC-32C, not the IEEE CRC-32 of old records.
@@ -89,10 +88,10 @@ pub struct Spool {
 }
 
 struct Active {
-    file: File,
+    /// Shared so that a sync runs without the lock: appends go on while the disk works.
+    file: Arc<File>,
     id: u64,
     dirty: bool,
-    synced: Instant,
 }
 
 /// The outcome of an append.
@@ -101,6 +100,14 @@ pub struct Appended {
     pub written: u64,
     /// Events that did not fit under `spool_max_bytes`: dropped, and counted by the caller.
     pub dropped: u64,
+    /// The active segment has reached `SEGMENT_BYTES`: `Appender::rotate` is due.
+    pub segment_full: bool,
+}
+
+/// The right to append to the active segment, held by one writer at a time.
+pub struct Appender<'a> {
+    spool: &'a Spool,
+    active: MutexGuard<'a, Active>,
 }
 
 /// Records framed for one `append_framed`, each payload written in place behind room for
@@ -257,10 +264,9 @@ impl Spool {
                 pending,
             }),
             active: Mutex::new(Active {
-                file,
+                file: Arc::new(file),
                 id: next,
                 dirty: false,
-                synced: Instant::now(),
             }),
             own_from: next,
             _lock: lock,
@@ -281,78 +287,52 @@ impl Spool {
         self.append_framed(&frames)
     }
 
-    /// Appends framed records. The records that do not fit under the size cap (the last
-    /// ones: the spool keeps the older events) are dropped and reported. One write per
-    /// call, so a reader never sees half a record.
+    /// Appends framed records, rotating the segment when it is full; see `Appender`.
     pub fn append_framed(&self, batch: &Frames) -> Result<Appended, String> {
-        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        let room = {
-            let idx = self.index();
-            self.max_bytes.saturating_sub(idx.total_bytes)
-        };
-        let fit = batch.ends.partition_point(|&end| end as u64 <= room);
-        let bytes = if fit == 0 { 0 } else { batch.ends[fit - 1] };
-        let out = Appended {
-            written: fit as u64,
-            dropped: batch.rejected + (batch.ends.len() - fit) as u64,
-        };
-        if bytes == 0 {
-            return Ok(out);
-        }
-        let buf = &batch.buf[..bytes];
-        active
-            .file
-            .write_all(buf)
-            .map_err(|e| io("write", &segment_path(&self.dir, active.id), e))?;
-        active.dirty = true;
-        let rotate = {
-            let mut idx = self.index();
-            idx.total_bytes += buf.len() as u64;
-            idx.pending += out.written;
-            let seg = idx.segments.last_mut();
-            match seg {
-                Some(s) => {
-                    s.len += buf.len() as u64;
-                    s.len >= SEGMENT_BYTES
-                }
-                None => false,
-            }
-        };
-        if rotate {
-            self.rotate(&mut active)?;
+        let mut appender = self.appender();
+        let out = appender.append(batch)?;
+        if out.segment_full {
+            appender.rotate()?;
         }
         Ok(out)
     }
 
-    fn rotate(&self, active: &mut Active) -> Result<(), String> {
-        sync(&active.file, &segment_path(&self.dir, active.id))?;
-        let next = active.id + 1;
-        active.file = create_segment(&self.dir, next)?;
-        active.id = next;
-        active.dirty = false;
-        active.synced = Instant::now();
-        self.index().segments.push(Segment { id: next, len: 0 });
-        Ok(())
+    /// Waits for the active segment.
+    pub fn appender(&self) -> Appender<'_> {
+        Appender {
+            spool: self,
+            active: self.active.lock().unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+
+    /// The active segment if no other writer (or rotation) holds it.
+    pub fn try_appender(&self) -> Option<Appender<'_>> {
+        let active = match self.active.try_lock() {
+            Ok(a) => a,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(Appender {
+            spool: self,
+            active,
+        })
     }
 
     /// Flushes written records to stable storage if any were written since the last sync.
+    /// The segment is not held meanwhile: writers go on appending (what they append after
+    /// the flag is taken is synced next time).
     pub fn sync(&self) -> Result<(), String> {
-        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        if active.dirty {
-            sync(&active.file, &segment_path(&self.dir, active.id))?;
+        let (file, id) = {
+            let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            if !active.dirty {
+                return Ok(());
+            }
             active.dirty = false;
-        }
-        active.synced = Instant::now();
-        Ok(())
-    }
-
-    /// Time since the last sync, for the writer's once-a-second rule.
-    pub fn since_sync(&self) -> std::time::Duration {
-        self.active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .synced
-            .elapsed()
+            (active.file.clone(), active.id)
+        };
+        sync(&file, &segment_path(&self.dir, id)).inspect_err(|_| {
+            self.active.lock().unwrap_or_else(|p| p.into_inner()).dirty = true;
+        })
     }
 
     /// `read_into` a new batch.
@@ -470,7 +450,7 @@ impl Spool {
     /// segments wholly behind it are deleted and the cursor is saved.
     pub fn ack(&self, end: Position, events: u64) {
         // Lock order as in `append`: the active segment, then the index.
-        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let mut appender = self.appender();
         let caught_up = {
             let idx = self.index();
             idx.segments
@@ -480,11 +460,11 @@ impl Spool {
         if caught_up {
             // Everything written was acknowledged: start a new segment so that the old one
             // can go, and the size cap counts only what still waits for the collector.
-            if let Err(e) = self.rotate(&mut active) {
+            if let Err(e) = appender.rotate() {
                 tracing::warn!("{e}");
             }
         }
-        drop(active);
+        drop(appender);
         let doomed: Vec<u64> = {
             let mut idx = self.index();
             idx.cursor = end;
@@ -534,6 +514,65 @@ impl Spool {
     /// Records written and not yet acknowledged.
     pub fn pending(&self) -> u64 {
         self.index().pending
+    }
+}
+
+impl Appender<'_> {
+    /// Appends framed records. The records that do not fit under the size cap (the last
+    /// ones: the spool keeps the older events) are dropped and reported. One write per
+    /// call, so a reader never sees half a record. Never syncs or rotates (those wait on
+    /// the disk): `segment_full` says when `rotate` is due.
+    pub fn append(&mut self, batch: &Frames) -> Result<Appended, String> {
+        let spool = self.spool;
+        let room = {
+            let idx = spool.index();
+            spool.max_bytes.saturating_sub(idx.total_bytes)
+        };
+        let fit = batch.ends.partition_point(|&end| end as u64 <= room);
+        let bytes = if fit == 0 { 0 } else { batch.ends[fit - 1] };
+        let mut out = Appended {
+            written: fit as u64,
+            dropped: batch.rejected + (batch.ends.len() - fit) as u64,
+            segment_full: false,
+        };
+        if bytes == 0 {
+            return Ok(out);
+        }
+        let buf = &batch.buf[..bytes];
+        (&*self.active.file)
+            .write_all(buf)
+            .map_err(|e| io("write", &segment_path(&spool.dir, self.active.id), e))?;
+        self.active.dirty = true;
+        let mut idx = spool.index();
+        idx.total_bytes += buf.len() as u64;
+        idx.pending += out.written;
+        if let Some(seg) = idx.segments.last_mut() {
+            seg.len += buf.len() as u64;
+            out.segment_full = seg.len >= SEGMENT_BYTES;
+        }
+        Ok(out)
+    }
+
+    /// Seals the active segment (synced) and starts the next one.
+    pub fn rotate(&mut self) -> Result<(), String> {
+        let spool = self.spool;
+        let active = &mut *self.active;
+        sync(&active.file, &segment_path(&spool.dir, active.id))?;
+        let next = active.id + 1;
+        active.file = Arc::new(create_segment(&spool.dir, next)?);
+        active.id = next;
+        active.dirty = false;
+        spool.index().segments.push(Segment { id: next, len: 0 });
+        Ok(())
+    }
+
+    /// Whether the active segment has reached `SEGMENT_BYTES`.
+    pub fn segment_full(&self) -> bool {
+        self.spool
+            .index()
+            .segments
+            .last()
+            .is_some_and(|s| s.len >= SEGMENT_BYTES)
     }
 }
 
@@ -814,7 +853,8 @@ mod tests {
             out,
             Appended {
                 written: 4,
-                dropped: 2
+                dropped: 2,
+                segment_full: false,
             }
         );
         let out = spool.append(&events(1, 6)).unwrap();
