@@ -5,6 +5,9 @@
 #   benches/cpu.sh [binary]            # off, then on, three rounds each
 #   CONNS=1 COMPRESSION=gzip benches/cpu.sh [binary]   # one connection (the proxy not
 #     saturated), batches gzip or zstd instead of plain NDJSON
+#   RATE=500 SECS=12 ROUNDS=8 benches/cpu.sh [binary]   # instead: a fixed rate, and each
+#     thread's CPU per request (benches/threads.py), to tell the spool's threads from the
+#     proxy's workers
 #
 # Proxy natively on loopback ports 9290-9293, the mock upstream, and with shipping a
 # collector on SQLite; wrk drives 2 KB chat completions at $CONNS (8) connections for 10 s
@@ -49,6 +52,12 @@ Y
   "$bin" proxy --config "$OUT/conf/policy.yaml" >"$OUT/proxy-$1.log" 2>&1 &
   local proxy=$!
   for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:9292/readyz && break; sleep 0.1; done
+  if [ -n "${RATE:-}" ]; then
+    echo "shipping=$1"
+    python3 benches/threads.py 127.0.0.1 9291 "$RATE" "${SECS:-15}" "$proxy"
+    kill "$proxy"; wait "$proxy" 2>/dev/null || true
+    return
+  fi
   local url=http://127.0.0.1:9291/v1/chat/completions
   wrk -t1 -c8 -d2s -s "$OUT/request.lua" "$url" >/dev/null
   local before; before=$(cpu_ticks "$proxy")
@@ -59,4 +68,4 @@ Y
   kill "$proxy"; wait "$proxy" 2>/dev/null || true
   python3 -c "print(f'shipping=$1 requests={$n} cpu_us_per_request={($after-$before)/$hz/$n*1e6:.1f}')"
 }
-for _ in 1 2 3; do run off; run on; done
+for _ in $(seq "${ROUNDS:-3}"); do run off; run on; done

@@ -2,6 +2,7 @@
 """CPU time per request of each thread of a running proxy, at a fixed request rate.
 
     benches/threads.py HOST PORT RATE SECONDS PID
+    RATE=500 benches/cpu.sh [binary]     # runs it against a proxy, shipping off and on
 
 Sends 2 KB chat completions (model `bench-model`) at RATE a second over four keep-alive
 connections for SECONDS, then prints, for every thread of PID that used more than 1 ms,
