@@ -123,7 +123,7 @@ pub struct EventMetrics {
     /// Events in batches that failed and will be sent again.
     pub retried: IntCounter,
     /// Events lost, by reason: spool_full, queue_full, write_error, rejected (malformed,
-    /// refused by the collector), corrupt (a damaged spool record); torn_tail counts
+    /// refused by the collector, or over 1 MiB, too large to spool), corrupt (a damaged spool record); torn_tail counts
     /// segments whose end was cut by a crash.
     pub dropped: IntCounterVec,
 }

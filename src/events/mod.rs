@@ -101,7 +101,25 @@ impl Recorder {
     /// At shutdown: everything recorded is written and synced, then the shipper gets until
     /// `deadline` to deliver it. What it could not send stays in the spool for next time.
     pub fn flush(&self, deadline: Instant) {
-        self.writer.flush();
+        // On a thread of its own, so that a stalled disk cannot hold shutdown past its
+        // deadline (what is not written by then is lost with the process, and logged).
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+        let writer = self.writer.clone();
+        let flushing = std::thread::Builder::new()
+            .name("events-flush".into())
+            .spawn(move || {
+                writer.flush();
+                let _ = done_tx.send(());
+            });
+        match flushing {
+            Ok(_) => {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                if done_rx.recv_timeout(wait).is_err() {
+                    tracing::warn!("spool: the last events were not written in time");
+                }
+            }
+            Err(_) => self.writer.flush(),
+        }
         self.shipper.drain(deadline);
     }
 }

@@ -78,6 +78,8 @@ pub struct Spool {
     max_bytes: u64,
     index: Mutex<Index>,
     active: Mutex<Active>,
+    /// Held for a whole `sync`.
+    syncing: Mutex<()>,
     /// The first segment this process wrote. Its records and later ones are read back from
     /// the page cache they were written to, and nothing but a crash tears or garbles a
     /// record: a crash ends this process, and the next one verifies them. So only older
@@ -100,8 +102,23 @@ pub struct Appended {
     pub written: u64,
     /// Events that did not fit under `spool_max_bytes`: dropped, and counted by the caller.
     pub dropped: u64,
+    /// Payloads refused for their size (empty, or over `MAX_RECORD`): dropped too.
+    pub rejected: u64,
     /// The active segment has reached `SEGMENT_BYTES`: `Appender::rotate` is due.
     pub segment_full: bool,
+}
+
+/// A segment `Appender::rotate` sealed, still to be synced.
+#[must_use = "a sealed segment is to be synced"]
+pub struct Sealed {
+    file: Arc<File>,
+    path: PathBuf,
+}
+
+impl Sealed {
+    pub fn sync(self) -> Result<(), String> {
+        sync(&self.file, &self.path)
+    }
 }
 
 /// The right to append to the active segment, held by one writer at a time.
@@ -268,6 +285,7 @@ impl Spool {
                 id: next,
                 dirty: false,
             }),
+            syncing: Mutex::new(()),
             own_from: next,
             _lock: lock,
         };
@@ -292,7 +310,9 @@ impl Spool {
         let mut appender = self.appender();
         let out = appender.append(batch)?;
         if out.segment_full {
-            appender.rotate()?;
+            let sealed = appender.rotate()?;
+            drop(appender);
+            sealed.sync()?;
         }
         Ok(out)
     }
@@ -320,8 +340,10 @@ impl Spool {
 
     /// Flushes written records to stable storage if any were written since the last sync.
     /// The segment is not held meanwhile: writers go on appending (what they append after
-    /// the flag is taken is synced next time).
+    /// the flag is taken is synced next time). One sync at a time, so that one that finds
+    /// nothing dirty returns only after the one in flight is done.
     pub fn sync(&self) -> Result<(), String> {
+        let _one = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
         let (file, id) = {
             let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
             if !active.dirty {
@@ -459,9 +481,11 @@ impl Spool {
         };
         if caught_up {
             // Everything written was acknowledged: start a new segment so that the old one
-            // can go, and the size cap counts only what still waits for the collector.
-            if let Err(e) = appender.rotate() {
-                tracing::warn!("{e}");
+            // can go, and the size cap counts only what still waits for the collector. The
+            // sealed one is deleted below, so it is not worth a sync.
+            match appender.rotate() {
+                Ok(sealed) => drop(sealed),
+                Err(e) => tracing::warn!("{e}"),
             }
         }
         drop(appender);
@@ -532,16 +556,24 @@ impl Appender<'_> {
         let bytes = if fit == 0 { 0 } else { batch.ends[fit - 1] };
         let mut out = Appended {
             written: fit as u64,
-            dropped: batch.rejected + (batch.ends.len() - fit) as u64,
+            dropped: (batch.ends.len() - fit) as u64,
+            rejected: batch.rejected,
             segment_full: false,
         };
         if bytes == 0 {
             return Ok(out);
         }
         let buf = &batch.buf[..bytes];
-        (&*self.active.file)
-            .write_all(buf)
-            .map_err(|e| io("write", &segment_path(&spool.dir, self.active.id), e))?;
+        if let Err(e) = (&*self.active.file).write_all(buf) {
+            // A write cut short (a full disk) must not leave part of a record behind: the
+            // index would no longer frame what follows. Cut the file back to it.
+            let len = spool.index().segments.last().map_or(0, |s| s.len);
+            let path = segment_path(&spool.dir, self.active.id);
+            if let Err(cut) = self.active.file.set_len(len) {
+                tracing::error!("{}", io("truncate", &path, cut));
+            }
+            return Err(io("write", &path, e));
+        }
         self.active.dirty = true;
         let mut idx = spool.index();
         idx.total_bytes += buf.len() as u64;
@@ -553,17 +585,21 @@ impl Appender<'_> {
         Ok(out)
     }
 
-    /// Seals the active segment (synced) and starts the next one.
-    pub fn rotate(&mut self) -> Result<(), String> {
+    /// Starts the next segment. The one it seals is synced by the caller once the
+    /// segment is let go (`Sealed::sync`), so that no writer waits on that disk flush.
+    pub fn rotate(&mut self) -> Result<Sealed, String> {
         let spool = self.spool;
         let active = &mut *self.active;
-        sync(&active.file, &segment_path(&spool.dir, active.id))?;
         let next = active.id + 1;
-        active.file = Arc::new(create_segment(&spool.dir, next)?);
+        let file = Arc::new(create_segment(&spool.dir, next)?);
+        let sealed = Sealed {
+            file: std::mem::replace(&mut active.file, file),
+            path: segment_path(&spool.dir, active.id),
+        };
         active.id = next;
         active.dirty = false;
         spool.index().segments.push(Segment { id: next, len: 0 });
-        Ok(())
+        Ok(sealed)
     }
 
     /// Whether the active segment has reached `SEGMENT_BYTES`.
@@ -854,6 +890,7 @@ mod tests {
             Appended {
                 written: 4,
                 dropped: 2,
+                rejected: 0,
                 segment_full: false,
             }
         );

@@ -67,6 +67,8 @@ struct Pending {
     unsynced_since: Option<Instant>,
     /// The active segment is full and the thread is to rotate it.
     rotate: bool,
+    /// After a failed rotation (say, no inode left), the next try waits until then.
+    rotate_after: Option<Instant>,
     /// What the timer is set to.
     armed: Option<Instant>,
 }
@@ -158,9 +160,7 @@ impl Writer {
             // Another writer holds the segment; these wait for the next one (or the timer).
             return;
         };
-        let start = Instant::now();
-        self.write_locked(p, appender);
-        let took = start.elapsed();
+        let took = self.write_locked(p, appender);
         if took >= SLOW_WRITE {
             let until = (now + SLOW_PAUSE).duration_since(self.epoch).as_nanos() as u64;
             self.workers_paused_until.store(until, Ordering::Relaxed);
@@ -183,49 +183,60 @@ impl Writer {
         self.write_locked(p, appender);
     }
 
-    /// Writes the pending frames with the buffer's lock released during the write.
-    fn write_locked(&self, mut p: MutexGuard<'_, Pending>, mut appender: Appender<'_>) {
+    /// Writes the pending frames with the buffer's lock released during the write; returns
+    /// how long the write took.
+    fn write_locked(&self, mut p: MutexGuard<'_, Pending>, mut appender: Appender<'_>) -> Duration {
         if p.frames.is_empty() {
-            return;
+            return Duration::ZERO;
         }
         let spare = std::mem::take(&mut p.spare);
         let mut frames = std::mem::replace(&mut p.frames, spare);
         p.oldest = None;
         drop(p);
+        let start = Instant::now();
         let result = appender.append(&frames);
+        let took = start.elapsed();
         drop(appender);
         let framed = (frames.len() as u64) + frames.rejected();
         frames.clear();
         let now = Instant::now();
         let mut p = self.lock_pending();
         p.spare = frames;
+        if let Ok(out) = &result {
+            if out.written > 0 && p.unsynced_since.is_none() {
+                p.unsynced_since = Some(now);
+            }
+            p.rotate |= out.segment_full && p.rotate_after.is_none_or(|t| now >= t);
+        }
+        self.rearm(&mut p);
+        drop(p);
+        // Counted and logged with the buffer let go: a log line may wait on its pipe.
         match result {
             Ok(out) => {
+                self.dropped("rejected", out.rejected);
                 if out.dropped > 0 {
                     self.dropped("spool_full", out.dropped);
                     super::warn_dropped("the spool is full (telemetry.spool_max_bytes)");
                 }
-                if out.written > 0 && p.unsynced_since.is_none() {
-                    p.unsynced_since = Some(now);
-                }
-                p.rotate |= out.segment_full;
             }
             Err(e) => {
                 self.dropped("write_error", framed);
                 tracing::error!("{e}; {framed} usage events dropped");
             }
         }
-        self.rearm(&mut p);
-        drop(p);
         self.metrics.spooled_bytes.set(self.spool.bytes() as i64);
         if self.spool.pending() as usize >= self.max_events {
             self.shipper.wake();
         }
+        took
     }
 
     /// `queued` counts events from `record` until the collector acknowledges them; queued
     /// ones dropped leave it here.
     fn dropped(&self, reason: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
         self.metrics.queued.sub(n as i64);
         self.metrics.dropped.with_label_values(&[reason]).inc_by(n);
     }
@@ -233,6 +244,10 @@ impl Writer {
     fn fallback_loop(&self) {
         let mut expirations = [0u8; 8];
         loop {
+            if self.closed.load(Ordering::Acquire) {
+                self.flush();
+                return;
+            }
             // Blocks until the timer fires. A signal just looks again; any other error
             // (none is expected of a timerfd) turns the thread into an 8 ms poll, which
             // still keeps the rule, rather than a spin.
@@ -258,12 +273,20 @@ impl Writer {
             };
             if write || rotate {
                 let mut appender = self.spool.appender();
+                let mut sealed = None;
                 if rotate && appender.segment_full() {
-                    if let Err(e) = appender.rotate() {
-                        tracing::error!("{e}");
+                    match appender.rotate() {
+                        Ok(s) => sealed = Some(s),
+                        Err(e) => {
+                            tracing::error!("{e}; trying again in a second");
+                            self.lock_pending().rotate_after = Some(now + SYNC_EVERY);
+                        }
                     }
                 }
                 self.write_pending(appender);
+                if let Some(Err(e)) = sealed.map(super::spool::Sealed::sync) {
+                    tracing::error!("{e}");
+                }
             }
             if sync {
                 self.sync();
@@ -397,6 +420,21 @@ mod tests {
         assert_eq!(spool.pending(), 0, "left for the thread");
         w.flush();
         assert_eq!(spool.pending(), 2);
+    }
+
+    #[test]
+    fn an_event_too_large_for_a_record_is_dropped_as_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, spool, metrics) = writer(dir.path(), 1 << 30, false);
+        let mut huge = sample();
+        huge.route = "r".repeat(super::super::spool::MAX_RECORD).into();
+        w.record(&huge);
+        w.record(&sample());
+        w.flush();
+        assert_eq!(spool.pending(), 1);
+        assert_eq!(metrics.dropped.with_label_values(&["rejected"]).get(), 1);
+        assert_eq!(metrics.dropped.with_label_values(&["spool_full"]).get(), 0);
+        assert_eq!(metrics.queued.get(), 1);
     }
 
     #[test]
